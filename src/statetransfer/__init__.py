@@ -1,0 +1,76 @@
+"""statetransfer: export, import, migrate, hot-reload and back up plugin state safely."""
+
+from .checksum import calculate_checksum, sign
+from .compression import compress, decompress
+from .container import dump, dumps, load, loads
+from .crypto import Keyring, reencrypt
+from .errors import (
+    ChecksumMismatch,
+    CorruptSnapshot,
+    DecompressionLimitExceeded,
+    DecryptionFailed,
+    ImportFailed,
+    MigrationError,
+    MissingKey,
+    SnapshotNotFound,
+    StateTransferError,
+    StoreError,
+    ValidationFailed,
+)
+from .migrations import migration
+from .model import (
+    EncryptionInfo,
+    FailedSection,
+    PluginMetadata,
+    SectionValidation,
+    StateCreationReason,
+    StateImportResult,
+    StateMetadata,
+    StateSection,
+    StateSnapshot,
+    StateValidation,
+)
+from .plugin import Plugin, StateTransferable
+from .stateful import Section, StatefulPlugin, transfer_state
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChecksumMismatch",
+    "CorruptSnapshot",
+    "DecompressionLimitExceeded",
+    "DecryptionFailed",
+    "EncryptionInfo",
+    "FailedSection",
+    "ImportFailed",
+    "Keyring",
+    "MigrationError",
+    "MissingKey",
+    "Plugin",
+    "PluginMetadata",
+    "Section",
+    "SectionValidation",
+    "SnapshotNotFound",
+    "StateCreationReason",
+    "StateImportResult",
+    "StateMetadata",
+    "StateSection",
+    "StateSnapshot",
+    "StateTransferError",
+    "StateTransferable",
+    "StateValidation",
+    "StatefulPlugin",
+    "StoreError",
+    "ValidationFailed",
+    "calculate_checksum",
+    "compress",
+    "decompress",
+    "dump",
+    "dumps",
+    "load",
+    "loads",
+    "migration",
+    "reencrypt",
+    "sign",
+    "transfer_state",
+]

@@ -1,0 +1,144 @@
+"""Snapshot checksum (accidental corruption) and HMAC signature (deliberate tampering)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import msgspec
+
+from .errors import ChecksumMismatch, StateTransferError
+from .model import StateSnapshot
+
+__all__ = [
+    "CHECKSUM_ALGORITHM",
+    "MIN_SIGNING_KEY_BYTES",
+    "calculate_checksum",
+    "canonical_bytes",
+    "section_digest",
+    "sign",
+    "verify_checksum",
+    "verify_signature",
+]
+
+CHECKSUM_ALGORITHM = "sha256"
+SIGNATURE_ALGORITHM = "hmac-sha256"
+MIN_SIGNING_KEY_BYTES = 32
+_DOMAIN = b"statetransfer/checksum/v1\x00"
+
+_canonical = msgspec.msgpack.Encoder(order="deterministic")
+
+
+def section_digest(data: bytes | memoryview) -> bytes:
+    """SHA-256 of a section's stored bytes (also its content address in stores)."""
+    return hashlib.sha256(data).digest()
+
+
+def canonical_bytes(snapshot: StateSnapshot, digests: dict[str, bytes] | None = None) -> bytes:
+    """The canonical encoding the checksum and signature are computed over.
+
+    It covers every field except ``checksum`` and ``signature``; sections are
+    represented by their stored bytes' SHA-256, so section data is hashed once
+    and never copied. Dict order does not matter (keys are sorted).
+
+    Args:
+        snapshot: the snapshot to encode.
+        digests: precomputed :func:`section_digest` values by section name.
+    """
+    sections = []
+    for name in sorted(snapshot.sections):
+        sec = snapshot.sections[name]
+        digest = digests[name] if digests is not None else section_digest(sec.data)
+        enc = sec.encryption
+        sections.append(
+            [
+                sec.name,
+                sec.schema_version,
+                len(sec.data),
+                digest,
+                sec.compressed,
+                None if enc is None else [enc.algorithm, enc.key_id, enc.nonce],
+                sec.metadata,
+                name,
+            ]
+        )
+    meta = snapshot.metadata
+    body: list[Any] = [
+        snapshot.id,
+        snapshot.plugin_id,
+        snapshot.plugin_version,
+        snapshot.schema_version,
+        snapshot.timestamp,
+        snapshot.created_ns,
+        [meta.reason.value, meta.created_by, meta.tags, meta.expires_at, meta.custom],
+        sections,
+    ]
+    try:
+        return _DOMAIN + _canonical.encode(body)
+    except (TypeError, ValueError, OverflowError) as exc:
+        msg = f"snapshot {snapshot.id!r} holds a value that cannot be checksummed: {exc}"
+        raise StateTransferError(msg) from exc
+
+
+def calculate_checksum(snapshot: StateSnapshot, *, digests: dict[str, bytes] | None = None) -> str:
+    """Return ``"sha256:<hex>"`` over every field of ``snapshot`` except ``checksum``.
+
+    The result is independent of dict order and computed over the stored
+    (compressed, encrypted) section bytes.
+    """
+    digest = hashlib.sha256(canonical_bytes(snapshot, digests)).hexdigest()
+    return f"{CHECKSUM_ALGORITHM}:{digest}"
+
+
+def verify_checksum(snapshot: StateSnapshot, *, digests: dict[str, bytes] | None = None) -> None:
+    """Raise :class:`ChecksumMismatch` unless ``snapshot.checksum`` is right."""
+    algorithm, _, _ = snapshot.checksum.partition(":")
+    if algorithm != CHECKSUM_ALGORITHM:
+        msg = f"snapshot {snapshot.id!r} has checksum {snapshot.checksum!r}: expected {CHECKSUM_ALGORITHM!r} algorithm"
+        raise ChecksumMismatch(msg)
+    expected = calculate_checksum(snapshot, digests=digests)
+    if not hmac.compare_digest(expected, snapshot.checksum):
+        msg = f"snapshot {snapshot.id!r} is damaged: checksum {snapshot.checksum!r} != computed {expected!r}"
+        raise ChecksumMismatch(msg)
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes | bytearray) or len(key) < MIN_SIGNING_KEY_BYTES:
+        msg = f"a signing key must be at least {MIN_SIGNING_KEY_BYTES} bytes of secret"
+        raise StateTransferError(msg)
+
+
+def _mac(snapshot: StateSnapshot, key: bytes, digests: dict[str, bytes] | None) -> str:
+    tag = hmac.new(bytes(key), canonical_bytes(snapshot, digests), hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_ALGORITHM}:{tag}"
+
+
+def sign(snapshot: StateSnapshot, key: bytes) -> StateSnapshot:
+    """Return a copy of ``snapshot`` with a fresh checksum and an HMAC-SHA256 signature.
+
+    Args:
+        snapshot: the snapshot to sign.
+        key: a shared secret of at least 32 bytes.
+
+    Raises:
+        StateTransferError: the key is too short.
+    """
+    _check_key(key)
+    digests = {name: section_digest(sec.data) for name, sec in snapshot.sections.items()}
+    return msgspec.structs.replace(
+        snapshot,
+        checksum=calculate_checksum(snapshot, digests=digests),
+        signature=_mac(snapshot, key, digests),
+    )
+
+
+def verify_signature(snapshot: StateSnapshot, key: bytes, *, digests: dict[str, bytes] | None = None) -> None:
+    """Raise :class:`ChecksumMismatch` unless ``snapshot`` carries a valid signature by ``key``."""
+    _check_key(key)
+    if not snapshot.signature:
+        msg = f"snapshot {snapshot.id!r} is not signed, and a verify key was given"
+        raise ChecksumMismatch(msg)
+    if not hmac.compare_digest(_mac(snapshot, key, digests), snapshot.signature):
+        msg = f"snapshot {snapshot.id!r} has a bad signature: tampered with, or signed with another key"
+        raise ChecksumMismatch(msg)

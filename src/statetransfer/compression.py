@@ -1,0 +1,100 @@
+"""Section compression (zstd, lz4) with decompression bounded against bombs."""
+
+from __future__ import annotations
+
+import lz4.frame
+import zstandard
+
+from .errors import CorruptSnapshot, DecompressionLimitExceeded, StateTransferError
+
+__all__ = ["ALGORITHMS", "DEFAULT_MAX_SIZE", "compress", "decompress"]
+
+ALGORITHMS = ("zstd", "lz4", "none")
+#: Upper bound on any decompressed section when the caller gives none (4 GiB).
+DEFAULT_MAX_SIZE = 4 << 30
+_ZSTD_LEVEL = 3
+_THREADED_ABOVE = 8 << 20
+_READ_CHUNK = 16 << 20
+
+
+def _check_algorithm(algorithm: str) -> None:
+    if algorithm not in ALGORITHMS:
+        msg = f"unknown compression algorithm {algorithm!r}; expected one of {ALGORITHMS}"
+        raise StateTransferError(msg)
+
+
+def compress(data: bytes | memoryview, algorithm: str = "zstd", *, level: int | None = None) -> bytes:
+    """Compress ``data`` with ``algorithm`` (``"zstd"``, ``"lz4"`` or ``"none"``).
+
+    zstd frames record their content size, so :func:`decompress` can refuse a
+    bomb before allocating; large inputs use zstd's worker threads.
+    """
+    _check_algorithm(algorithm)
+    if algorithm == "none":
+        return bytes(data)
+    if algorithm == "lz4":
+        packed: bytes = lz4.frame.compress(data, compression_level=level or 0, store_size=True)
+        return packed
+    threads = -1 if len(data) >= _THREADED_ABOVE else 0
+    cctx = zstandard.ZstdCompressor(level=level or _ZSTD_LEVEL, threads=threads, write_content_size=True)
+    return cctx.compress(data)
+
+
+def _bounded_read(reader: zstandard.ZstdDecompressionReader, limit: int) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        chunk = reader.read(min(_READ_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            msg = f"zstd data expands beyond the limit of {limit} bytes"
+            raise DecompressionLimitExceeded(msg)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+def decompress(data: bytes | memoryview, algorithm: str = "zstd", max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+    """Decompress ``data``; never produce more than ``max_size`` bytes.
+
+    Raises:
+        DecompressionLimitExceeded: the output would exceed ``max_size``
+            (checked against the declared size first, so a bomb fails fast).
+        CorruptSnapshot: the input is not valid ``algorithm`` data.
+    """
+    _check_algorithm(algorithm)
+    if max_size < 0:
+        raise StateTransferError(f"max_size must be >= 0, got {max_size!r}")
+    if algorithm == "none":
+        if len(data) > max_size:
+            raise DecompressionLimitExceeded(f"{len(data)} bytes exceed the limit of {max_size} bytes")
+        return bytes(data)
+    try:
+        if algorithm == "zstd":
+            declared = zstandard.frame_content_size(data)
+            if declared > max_size:
+                msg = f"zstd frame declares {declared} bytes, above the limit of {max_size} bytes"
+                raise DecompressionLimitExceeded(msg)
+            dctx = zstandard.ZstdDecompressor()
+            with dctx.stream_reader(data, read_across_frames=True) as reader:
+                out = _bounded_read(reader, max_size)
+            if declared >= 0:
+                complete = len(out) == declared
+            else:  # no declared size: the output is known to be bounded, so check the frame end
+                obj = dctx.decompressobj()
+                obj.decompress(data)
+                complete = obj.eof
+            if not complete:
+                raise CorruptSnapshot("zstd data is truncated")
+            return out
+        lz4ctx = lz4.frame.LZ4FrameDecompressor()
+        expanded: bytes = lz4ctx.decompress(data, max_length=max_size + 1)
+        if len(expanded) > max_size:
+            raise DecompressionLimitExceeded(f"lz4 data expands beyond the limit of {max_size} bytes")
+        if not lz4ctx.eof:
+            raise CorruptSnapshot("lz4 data is truncated")
+        return expanded
+    except (zstandard.ZstdError, RuntimeError, ValueError, OverflowError, MemoryError) as exc:
+        msg = f"{algorithm} data is corrupt: {exc}"
+        raise CorruptSnapshot(msg) from exc

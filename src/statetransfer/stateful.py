@@ -1,0 +1,406 @@
+"""Declarative plugins: typed Sections give export, import, validation and migrations for free."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar, overload
+
+import msgspec
+
+from . import codecs
+from .checksum import calculate_checksum, section_digest
+from .crypto import Keyring
+from .errors import (
+    EncodingError,
+    ImportFailed,
+    MigrationError,
+    StateTransferError,
+    ValidationFailed,
+)
+from .migrations import MigrationStep, check_chain, find_path, make_step, registered_steps
+from .model import (
+    FailedSection,
+    PluginMetadata,
+    SectionValidation,
+    StateCreationReason,
+    StateImportResult,
+    StateMetadata,
+    StateSection,
+    StateSnapshot,
+    StateValidation,
+    new_snapshot_id,
+    now,
+)
+from .plugin import StateTransferable
+from .sections import pack_section, reseal_section, unpack_section
+from .validation import validate_snapshot
+
+__all__ = ["Section", "StatefulPlugin"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[[Any], Any])
+#: Sections at least this large are packed/unpacked in a worker thread.
+_THREAD_ABOVE = 1 << 20
+
+
+class Section(Generic[T]):
+    """A declared, typed part of a :class:`StatefulPlugin`'s state.
+
+    The live value is the instance attribute with the section's name.
+
+    Args:
+        type: the declared type (a ``msgspec.Struct``, dataclass, or builtin
+            container type such as ``dict[str, list[int]]``; ``bytes`` for ``"raw"``).
+        version: the section's schema version (bump it when ``type`` changes).
+        codec: ``"msgpack"`` (default), ``"json"`` or ``"raw"``.
+        compress: ``True`` (zstd), ``False``, or ``"zstd"`` / ``"lz4"``. Stored
+            raw whenever compression does not shrink the bytes.
+        encrypt: seal the section with the plugin's keyring (default key).
+        validate: a domain check called with the decoded value on import; it
+            returns nothing (or an empty list) when fine, or raises / returns
+            a list of error strings.
+        default: a factory for the value when ``__init__`` does not set one.
+    """
+
+    def __init__(
+        self,
+        type: Any,
+        *,
+        version: int = 1,
+        codec: str = "msgpack",
+        compress: bool | str = False,
+        encrypt: bool = False,
+        validate: Callable[[Any], Iterable[str] | None] | None = None,
+        default: Callable[[], T] | None = None,
+    ) -> None:
+        if codec not in codecs.CODECS:
+            raise StateTransferError(f"unknown codec {codec!r}; expected one of {codecs.CODECS}")
+        if not isinstance(version, int) or version < 0:
+            raise StateTransferError(f"section version must be a non-negative int, got {version!r}")
+        if compress is True:
+            compress = "zstd"
+        if compress not in (False, "zstd", "lz4", "none"):
+            raise StateTransferError(f"compress must be a bool, 'zstd' or 'lz4', got {compress!r}")
+        self.type = type
+        self.version = version
+        self.codec = codec
+        self.compression: str | None = compress or None
+        self.encrypt = encrypt
+        self.validator = validate
+        self.default = default
+        self.name = ""
+        self.steps: list[MigrationStep] = []
+
+    def __repr__(self) -> str:
+        return f"Section({self.name!r}, version={self.version}, codec={self.codec!r})"
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Section[T]: ...
+    @overload
+    def __get__(self, instance: object, owner: type) -> T: ...
+    def __get__(self, instance: object | None, owner: type) -> Section[T] | T:
+        if instance is None:
+            return self
+        if self.default is None:
+            msg = f"section {self.name!r} has no value: set self.{self.name} in __init__ or give Section(default=...)"
+            raise AttributeError(msg)
+        value = self.default()
+        instance.__dict__[self.name] = value
+        return value
+
+    def migration(self, from_version: int, to_version: int | None = None) -> Callable[[F], F]:
+        """Register ``func(old_value) -> new_value`` migrating ``from_version`` to ``to_version``.
+
+        ``to_version`` defaults to ``from_version + 1``. The chain is checked
+        when the class is created (gaps, duplicates, steps past ``version``).
+        """
+
+        def register(func: F) -> F:
+            self.steps.append(make_step(func, from_version, to_version))
+            return func
+
+        return register
+
+
+@dataclass
+class _Staged:
+    name: str
+    value: Any
+    warnings: list[str]
+
+
+class StatefulPlugin(StateTransferable):
+    """Base class for declarative plugins: declare :class:`Section` s, get the trait for free.
+
+    Plugin authors: change live state inside ``async with self.state_lock:``
+    whenever the change spans an ``await``; export and import hold the same
+    lock while they read or replace state, so they never see it half-done.
+    Changes that do not await are atomic with respect to export anyway.
+    """
+
+    sections: ClassVar[dict[str, Section[Any]]] = {}
+    #: The plugin's state schema version; defaults to the highest section version.
+    schema_version: ClassVar[int] = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        found: dict[str, Section[Any]] = {}
+        for klass in reversed(cls.__mro__):
+            for name, value in vars(klass).items():
+                if isinstance(value, Section):
+                    found[name] = value
+        cls.sections = found
+        if "schema_version" not in vars(cls) or not cls.schema_version:
+            cls.schema_version = max((s.version for s in found.values()), default=1)
+        meta = vars(cls).get("metadata")
+        if meta is not None and not isinstance(meta, PluginMetadata):
+            raise StateTransferError(f"{cls.__qualname__}.metadata must be a PluginMetadata, got {type(meta).__name__}")
+        plugin_id = getattr(cls, "metadata", None)
+        for sec in found.values():
+            where = f"{cls.__qualname__}.{sec.name}"
+            extra = registered_steps(plugin_id.id, sec.name) if isinstance(plugin_id, PluginMetadata) else []
+            check_chain([*sec.steps, *extra], sec.version, where)
+
+    def __init__(self, *, keyring: Keyring | None = None) -> None:
+        if not isinstance(getattr(type(self), "metadata", None), PluginMetadata):
+            raise StateTransferError(f"{type(self).__qualname__} must set metadata = PluginMetadata(...)")
+        self.keyring = keyring
+        self._state_lock: asyncio.Lock | None = None
+        self._preserved: dict[str, tuple[StateSection, str]] = {}
+
+    # -- the lock ---------------------------------------------------------------------------------
+    @property
+    def state_lock(self) -> asyncio.Lock:
+        """The per-plugin lock that export and import hold while touching live state."""
+        if self._state_lock is None:
+            self._state_lock = asyncio.Lock()
+        return self._state_lock
+
+    def state_schema_version(self) -> int:
+        return type(self).schema_version
+
+    # -- migrations -------------------------------------------------------------------------------
+    def _steps(self, sec: Section[Any]) -> list[MigrationStep]:
+        steps = [*sec.steps, *registered_steps(self.metadata.id, sec.name)]
+        check_chain(steps, sec.version, f"{type(self).__qualname__}.{sec.name}")
+        return steps
+
+    def plan(self, snapshot: StateSnapshot) -> dict[str, SectionValidation]:
+        """Per section of ``snapshot``: verdict and migration path. Reads nothing, changes nothing."""
+        return {name: self._plan_section(stored) for name, stored in snapshot.sections.items()}
+
+    def _plan_section(self, stored: StateSection) -> SectionValidation:
+        sec = self.sections.get(stored.name)
+        if sec is None:
+            warning = f"section {stored.name!r} is unknown to {self.metadata.id!r}; kept unchanged for the next export"
+            return SectionValidation(True, [], [warning], "unknown", [])
+        errors: list[str] = []
+        enc = stored.encryption
+        if enc is not None and (self.keyring is None or enc.key_id not in self.keyring):
+            errors.append(f"section {stored.name!r} is encrypted with key {enc.key_id!r}, which the keyring lacks")
+        if stored.schema_version == sec.version:
+            return SectionValidation(not errors, errors, [], "as_is" if not errors else "incompatible", [])
+        try:
+            path = find_path(self._steps(sec), stored.schema_version, sec.version)
+        except MigrationError as exc:
+            path, errors = None, [*errors, str(exc)]
+        if path is None:
+            errors.append(
+                f"section {stored.name!r}: no migration from schema version {stored.schema_version} to {sec.version}"
+            )
+            return SectionValidation(False, errors, [], "incompatible", [])
+        walked = [stored.schema_version, *(s.to_version for s in path)]
+        return SectionValidation(not errors, errors, [], "after_migration", walked)
+
+    # -- staging (decode + migrate + validate), pure of live state --------------------------------
+    def _stage(self, snapshot: StateSnapshot, stored: StateSection) -> _Staged:
+        sec = self.sections[stored.name]
+        where = sec.name
+        payload = unpack_section(stored, snapshot_id=snapshot.id, plugin_id=snapshot.plugin_id, keyring=self.keyring)
+        warnings: list[str] = []
+        if stored.schema_version == sec.version:
+            value = codecs.decode(payload, sec.type, sec.codec, where=where)
+        else:
+            path = find_path(self._steps(sec), stored.schema_version, sec.version)
+            if path is None:
+                raise MigrationError(f"section {where!r}: no migration from {stored.schema_version} to {sec.version}")
+            value = codecs.decode_untyped(payload, sec.codec, where=where)
+            for step in path:
+                try:
+                    value = step.func(value)
+                except Exception as exc:
+                    msg = f"section {where!r}: migration {step.describe()} raised {type(exc).__name__}: {exc}"
+                    raise MigrationError(msg) from exc
+            value = codecs.convert(value, sec.type, where=where, codec=sec.codec)
+            walked = " -> ".join(str(v) for v in [stored.schema_version, *(s.to_version for s in path)])
+            warnings.append(f"section {where!r} migrated {walked}")
+        if sec.validator is not None:
+            try:
+                problems = list(sec.validator(value) or ())
+            except StateTransferError:
+                raise
+            except Exception as exc:
+                raise EncodingError(f"section {where!r} failed validation: {type(exc).__name__}: {exc}") from exc
+            if problems:
+                raise EncodingError(f"section {where!r} failed validation: {'; '.join(map(str, problems))}")
+        return _Staged(sec.name, value, warnings)
+
+    async def _stage_async(self, snapshot: StateSnapshot, stored: StateSection) -> _Staged:
+        if len(stored.data) >= _THREAD_ABOVE:
+            return await asyncio.to_thread(self._stage, snapshot, stored)
+        return self._stage(snapshot, stored)
+
+    # -- the trait --------------------------------------------------------------------------------
+    async def validate_state(
+        self, snapshot: StateSnapshot, *, deep: bool = False, allow_downgrade: bool = False
+    ) -> StateValidation:
+        """Validate ``snapshot`` for this plugin (CONTRACT §5 rules).
+
+        Args:
+            snapshot: the snapshot to check.
+            deep: also decrypt, decompress, decode, migrate and run each
+                section's ``validate`` hook (what import would do), so type
+                errors show up here with their field path.
+            allow_downgrade: accept a snapshot of a newer schema when every
+                section can be brought down by downgrade steps.
+        """
+        plan = self.plan(snapshot)
+        if deep:
+            for name, sv in plan.items():
+                if sv.is_valid and sv.verdict != "unknown":
+                    try:
+                        await self._stage_async(snapshot, snapshot.sections[name])
+                    except StateTransferError as exc:
+                        plan[name] = msgspec.structs.replace(sv, is_valid=False, errors=[*sv.errors, str(exc)])
+        missing = [name for name in self.sections if name not in snapshot.sections]
+        return validate_snapshot(
+            snapshot, self.metadata, self.state_schema_version(), plan,
+            missing_sections=missing, allow_newer_schema=allow_downgrade,
+        )  # fmt: skip
+
+    async def import_state(
+        self, snapshot: StateSnapshot, *, partial: bool = False, allow_downgrade: bool = False
+    ) -> StateImportResult:
+        """Validate, stage every section, then replace live state.
+
+        Atomic by default: live state changes only when every section staged;
+        otherwise :class:`ImportFailed` and the state is exactly as before.
+        With ``partial=True`` the sections that staged are applied and the
+        others are listed in ``failed_sections``.
+
+        Raises:
+            ValidationFailed: the snapshot is invalid for this plugin.
+            ImportFailed: (atomic mode) a section failed to decode, migrate or validate.
+        """
+        started = time.perf_counter()
+        validation = await self.validate_state(snapshot, allow_downgrade=allow_downgrade)
+        if not validation.is_valid:
+            reasons = validation.errors + [
+                f"{n}: {e}" for n, sv in validation.section_validations.items() for e in sv.errors
+            ]
+            msg = f"snapshot {snapshot.id!r} is not valid for {self.metadata.id!r}: {'; '.join(reasons)}"
+            raise ValidationFailed(msg, validation=validation)
+        staged: list[_Staged] = []
+        failed: list[FailedSection] = []
+        warnings = list(validation.warnings)
+        unknown: dict[str, tuple[StateSection, str]] = {}
+        for name, stored in snapshot.sections.items():
+            sv = validation.section_validations[name]
+            warnings.extend(sv.warnings)
+            if sv.verdict == "unknown":
+                unknown[name] = (stored, snapshot.id)
+                continue
+            try:
+                staged.append(await self._stage_async(snapshot, stored))
+            except StateTransferError as exc:
+                failed.append(FailedSection(name, str(exc)))
+        if failed and not partial:
+            msg = f"import of {snapshot.id!r} failed, state unchanged: " + "; ".join(f.error for f in failed)
+            raise ImportFailed(msg, failed_sections=failed)
+        async with self.state_lock:
+            for item in staged:
+                setattr(self, item.name, item.value)
+                warnings.extend(item.warnings)
+            self._preserved = unknown
+        imported = [item.name for item in staged]
+        return StateImportResult(imported, failed, warnings, datetime.timedelta(seconds=time.perf_counter() - started))
+
+    async def export_state(
+        self,
+        *,
+        reason: StateCreationReason = StateCreationReason.EXPORT,
+        tags: Iterable[str] = (),
+        expires_at: int | None = None,
+        created_by: str | None = None,
+        custom: dict[str, Any] | None = None,
+    ) -> StateSnapshot:
+        """A snapshot of the live state (a consistent view, taken under :attr:`state_lock`).
+
+        Values are encoded while holding the lock (no ``await`` in between,
+        so no other task can change them half-way); compression, encryption
+        and hashing of large sections run afterwards in a worker thread.
+        """
+        snapshot_id = new_snapshot_id()
+        seconds, ns = now()
+        payloads: dict[str, bytes] = {}
+        async with self.state_lock:
+            for name, sec in self.sections.items():
+                value = getattr(self, name)
+                payloads[name] = codecs.encode(value, sec.codec, where=name)
+            preserved = dict(self._preserved)
+        sections: dict[str, StateSection] = {}
+        for name, sec in self.sections.items():
+            args: dict[str, Any] = {
+                "snapshot_id": snapshot_id, "plugin_id": self.metadata.id, "compression": sec.compression,
+                "keyring": self.keyring, "encrypt": sec.encrypt, "metadata": {"codec": sec.codec},
+            }  # fmt: skip
+            if len(payloads[name]) >= _THREAD_ABOVE:
+                sections[name] = await asyncio.to_thread(pack_section, name, sec.version, payloads[name], **args)
+            else:
+                sections[name] = pack_section(name, sec.version, payloads[name], **args)
+        for name, (stored, origin) in preserved.items():
+            if name not in sections:
+                sections[name] = reseal_section(
+                    stored, from_snapshot=origin, to_snapshot=snapshot_id,
+                    plugin_id=self.metadata.id, keyring=self.keyring,
+                )  # fmt: skip
+        metadata = StateMetadata(
+            reason=reason, created_by=created_by or f"{self.metadata.id}@{self.metadata.version}",
+            tags=list(tags), expires_at=expires_at, custom=dict(custom or {}),
+        )  # fmt: skip
+        snapshot = StateSnapshot(snapshot_id, self.metadata.id, self.metadata.version, self.state_schema_version(),
+                                 seconds, sections, metadata, "", ns)  # fmt: skip
+        digests = None
+        if sum(len(s.data) for s in sections.values()) >= _THREAD_ABOVE:
+            digests = await asyncio.to_thread(lambda: {n: section_digest(s.data) for n, s in sections.items()})
+        return msgspec.structs.replace(snapshot, checksum=calculate_checksum(snapshot, digests=digests))
+
+
+async def transfer_state(
+    source: StateTransferable, target: StateTransferable, *, min_score: float = 0.5, partial: bool = False
+) -> StateImportResult:
+    """Export ``source``'s state and import it into ``target``.
+
+    Raises:
+        ValidationFailed: the snapshot is invalid for ``target`` or scores below ``min_score``.
+    """
+    snapshot = await source.export_state()
+    validation = await target.validate_state(snapshot)
+    if not validation.is_valid or validation.compatibility_score < min_score:
+        reasons = "; ".join(validation.errors) or "sections invalid"
+        msg = (
+            f"cannot transfer {snapshot.plugin_id!r} to {target.metadata.id!r}: "
+            f"score {validation.compatibility_score:.2f} (minimum {min_score:.2f}), "
+            f"valid={validation.is_valid}: {reasons}"
+        )
+        raise ValidationFailed(msg, validation=validation)
+    if partial:
+        return await target.import_state(snapshot, partial=True)  # type: ignore[call-arg]
+    return await target.import_state(snapshot)

@@ -1,0 +1,78 @@
+"""Shared fixtures and hypothesis strategies."""
+
+from __future__ import annotations
+
+import msgspec
+from hypothesis import strategies as hs
+
+import statetransfer as st
+
+names = hs.text(hs.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+json_scalars = hs.none() | hs.booleans() | hs.integers(-(2**63), 2**63 - 1) | hs.text(max_size=20)
+json_values = hs.recursive(
+    json_scalars,
+    lambda kids: hs.lists(kids, max_size=4) | hs.dictionaries(hs.text(max_size=8), kids, max_size=4),
+    max_leaves=10,
+)
+
+
+@hs.composite
+def sections(draw, name: str) -> st.StateSection:
+    enc = draw(
+        hs.none()
+        | hs.builds(
+            st.EncryptionInfo,
+            algorithm=hs.sampled_from(["AES-256-GCM", "ChaCha20-Poly1305"]),
+            key_id=names,
+            nonce=hs.binary(min_size=12, max_size=12),
+        )
+    )
+    return st.StateSection(
+        name=name,
+        schema_version=draw(hs.integers(0, 2**32)),
+        data=draw(hs.binary(max_size=300)),
+        compressed=draw(hs.booleans()),
+        encryption=enc,
+        metadata=draw(hs.dictionaries(names, hs.text(max_size=10), max_size=3)),
+    )
+
+
+@hs.composite
+def snapshots(draw) -> st.StateSnapshot:
+    section_names = draw(hs.lists(names, max_size=4, unique=True))
+    snap = st.StateSnapshot(
+        id=draw(names),
+        plugin_id=draw(names),
+        plugin_version=draw(hs.sampled_from(["1.0.0", "2.3.4", "not-semver"])),
+        schema_version=draw(hs.integers(0, 2**32)),
+        timestamp=draw(hs.integers(0, 2**40)),
+        sections={n: draw(sections(n)) for n in section_names},
+        metadata=st.StateMetadata(
+            reason=draw(hs.sampled_from(list(st.StateCreationReason))),
+            created_by=draw(names),
+            tags=draw(hs.lists(names, max_size=3)),
+            expires_at=draw(hs.none() | hs.integers(0, 2**40)),
+            custom=draw(hs.dictionaries(hs.text(max_size=8), json_values, max_size=3)),
+        ),
+        checksum="",
+        created_ns=draw(hs.integers(0, 2**62)),
+    )
+    return seal(snap)
+
+
+def seal(snapshot: st.StateSnapshot) -> st.StateSnapshot:
+    """A copy of ``snapshot`` with its checksum recomputed."""
+    return msgspec.structs.replace(snapshot, checksum=st.calculate_checksum(snapshot))
+
+
+def simple_snapshot(**sections: bytes) -> st.StateSnapshot:
+    snap = st.StateSnapshot(
+        id="snap-1",
+        plugin_id="p",
+        plugin_version="1.0.0",
+        schema_version=1,
+        timestamp=1_700_000_000,
+        sections={n: st.StateSection(n, 1, d) for n, d in sections.items()},
+        metadata=st.StateMetadata(),
+    )
+    return seal(snap)

@@ -1,0 +1,103 @@
+"""Compression: round trips, algorithm choice, and bombs that fail fast."""
+
+from __future__ import annotations
+
+import resource
+
+import lz4.frame
+import pytest
+import zstandard
+from hypothesis import given
+from hypothesis import strategies as hs
+
+import statetransfer as st
+from statetransfer.sections import pack_section, unpack_section
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "lz4", "none"])
+@given(data=hs.binary(max_size=5000))
+def test_round_trip(algorithm, data):
+    """decompress(compress(x)) == x for every algorithm."""
+    assert st.decompress(st.compress(data, algorithm), algorithm) == data
+
+
+def test_unknown_algorithm():
+    """An unknown algorithm name is a StateTransferError naming the choices."""
+    with pytest.raises(st.StateTransferError, match="brotli"):
+        st.compress(b"x", "brotli")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "make"),
+    [
+        pytest.param("zstd", lambda: zstandard.ZstdCompressor().compress(b"\0" * (256 << 20)), id="zstd-declared"),
+        pytest.param(
+            "zstd",
+            lambda: zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (256 << 20)),
+            id="zstd-undeclared",
+        ),
+        pytest.param("lz4", lambda: lz4.frame.compress(b"\0" * (256 << 20)), id="lz4"),
+    ],
+)
+def test_bomb_fails_fast(algorithm, make):
+    """A small input that would expand to 256 MiB fails with a 1 MiB limit, without growing memory by that much."""
+    bomb = make()
+    assert len(bomb) < 2 << 20
+    before = _peak_rss_mb()
+    with pytest.raises(st.DecompressionLimitExceeded):
+        st.decompress(bomb, algorithm, max_size=1 << 20)
+    assert _peak_rss_mb() - before < 100
+
+
+def test_forged_10_gib_frame_header():
+    """A 1 KiB zstd input declaring 10 GiB of output is refused before anything is decompressed."""
+    cobj = zstandard.ZstdCompressor().compressobj(size=10 << 30)
+    out = cobj.compress(b"\0" * 1024) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    assert len(out) < 1024
+    assert zstandard.frame_content_size(out) == 10 << 30
+    before = _peak_rss_mb()
+    with pytest.raises(st.DecompressionLimitExceeded, match="declares"):
+        st.decompress(out, "zstd")
+    assert _peak_rss_mb() - before < 100
+
+
+def test_section_bomb_bounded_by_recorded_size():
+    """A section whose compressed data expands beyond its recorded original_size is refused."""
+    sec = pack_section("s", 1, b"a" * 100_000, snapshot_id="x", plugin_id="p")
+    assert sec.compressed
+    lying = st.StateSection("s", 1, sec.data, True, None, {**sec.metadata, "original_size": "10"})
+    with pytest.raises(st.DecompressionLimitExceeded):
+        unpack_section(lying, snapshot_id="x", plugin_id="p")
+
+
+@pytest.mark.parametrize("bad", ["-1", "abc", "9" * 30])
+def test_malformed_original_size(bad):
+    """A malformed original_size is a CorruptSnapshot, not a ValueError."""
+    sec = st.StateSection("s", 1, b"x", False, None, {"original_size": bad})
+    with pytest.raises(st.CorruptSnapshot):
+        unpack_section(sec, snapshot_id="x", plugin_id="p")
+
+
+def test_incompressible_stored_raw():
+    """A section that compression would not shrink is stored raw with compressed=False."""
+    import os
+
+    noise = os.urandom(10_000)
+    sec = pack_section("s", 1, noise, snapshot_id="x", plugin_id="p", compression="zstd")
+    assert sec.compressed is False
+    assert "compression" not in sec.metadata
+    assert sec.data == noise
+    text = pack_section("s", 1, b"hello " * 1000, snapshot_id="x", plugin_id="p", compression="lz4")
+    assert text.compressed and text.metadata["compression"] == "lz4"
+    assert unpack_section(text, snapshot_id="x", plugin_id="p") == b"hello " * 1000
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "lz4"])
+def test_garbage_is_corrupt(algorithm):
+    """Garbage input is a CorruptSnapshot, never the library's own error type."""
+    with pytest.raises(st.CorruptSnapshot):
+        st.decompress(b"\x00garbage-bytes" * 3, algorithm)

@@ -15,6 +15,10 @@ CONTRACT_NAMES = {
     "compress", "decompress", "Keyring", "reencrypt",
     # §5 plugins
     "Plugin", "StateTransferable", "StatefulPlugin", "Section", "migration", "transfer_state",
+    # §6 host
+    "PluginHost", "ReloadResult",
+    # §7 stores
+    "SnapshotStore", "open_store", "SnapshotInfo", "VerifyReport", "backup", "restore",
 }  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """statetransfer: export, import, migrate, hot-reload and back up plugin state safely."""
 
+from .backup import backup, restore
 from .checksum import calculate_checksum, sign
 from .compression import compress, decompress
 from .container import dump, dumps, load, loads
@@ -17,6 +18,7 @@ from .errors import (
     StoreError,
     ValidationFailed,
 )
+from .host import PluginHost, ReloadResult
 from .migrations import migration
 from .model import (
     EncryptionInfo,
@@ -32,6 +34,7 @@ from .model import (
 )
 from .plugin import Plugin, StateTransferable
 from .stateful import Section, StatefulPlugin, transfer_state
+from .stores import SnapshotInfo, SnapshotStore, VerifyReport, open_store
 
 __version__ = "0.1.0"
 
@@ -47,10 +50,14 @@ __all__ = [
     "MigrationError",
     "MissingKey",
     "Plugin",
+    "PluginHost",
     "PluginMetadata",
+    "ReloadResult",
     "Section",
     "SectionValidation",
+    "SnapshotInfo",
     "SnapshotNotFound",
+    "SnapshotStore",
     "StateCreationReason",
     "StateImportResult",
     "StateMetadata",
@@ -62,6 +69,8 @@ __all__ = [
     "StatefulPlugin",
     "StoreError",
     "ValidationFailed",
+    "VerifyReport",
+    "backup",
     "calculate_checksum",
     "compress",
     "decompress",
@@ -70,7 +79,9 @@ __all__ = [
     "load",
     "loads",
     "migration",
+    "open_store",
     "reencrypt",
+    "restore",
     "sign",
     "transfer_state",
 ]

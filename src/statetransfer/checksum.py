@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -35,7 +36,9 @@ def section_digest(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def canonical_bytes(snapshot: StateSnapshot, digests: dict[str, bytes] | None = None) -> bytes:
+def canonical_bytes(
+    snapshot: StateSnapshot, digests: Mapping[str, bytes] | None = None, lengths: Mapping[str, int] | None = None
+) -> bytes:
     """The canonical encoding the checksum and signature are computed over.
 
     It covers every field except ``checksum`` and ``signature``; sections are
@@ -45,6 +48,8 @@ def canonical_bytes(snapshot: StateSnapshot, digests: dict[str, bytes] | None = 
     Args:
         snapshot: the snapshot to encode.
         digests: precomputed :func:`section_digest` values by section name.
+        lengths: section data lengths by name, when ``data`` is not at hand
+            (a store checking a manifest against its recorded digests).
     """
     sections = []
     for name in sorted(snapshot.sections):
@@ -55,7 +60,7 @@ def canonical_bytes(snapshot: StateSnapshot, digests: dict[str, bytes] | None = 
             [
                 sec.name,
                 sec.schema_version,
-                len(sec.data),
+                lengths[name] if lengths is not None else len(sec.data),
                 digest,
                 sec.compressed,
                 None if enc is None else [enc.algorithm, enc.key_id, enc.nonce],
@@ -81,23 +86,27 @@ def canonical_bytes(snapshot: StateSnapshot, digests: dict[str, bytes] | None = 
         raise StateTransferError(msg) from exc
 
 
-def calculate_checksum(snapshot: StateSnapshot, *, digests: dict[str, bytes] | None = None) -> str:
+def calculate_checksum(
+    snapshot: StateSnapshot, *, digests: Mapping[str, bytes] | None = None, lengths: Mapping[str, int] | None = None
+) -> str:
     """Return ``"sha256:<hex>"`` over every field of ``snapshot`` except ``checksum``.
 
     The result is independent of dict order and computed over the stored
     (compressed, encrypted) section bytes.
     """
-    digest = hashlib.sha256(canonical_bytes(snapshot, digests)).hexdigest()
+    digest = hashlib.sha256(canonical_bytes(snapshot, digests, lengths)).hexdigest()
     return f"{CHECKSUM_ALGORITHM}:{digest}"
 
 
-def verify_checksum(snapshot: StateSnapshot, *, digests: dict[str, bytes] | None = None) -> None:
+def verify_checksum(
+    snapshot: StateSnapshot, *, digests: Mapping[str, bytes] | None = None, lengths: Mapping[str, int] | None = None
+) -> None:
     """Raise :class:`ChecksumMismatch` unless ``snapshot.checksum`` is right."""
     algorithm, _, _ = snapshot.checksum.partition(":")
     if algorithm != CHECKSUM_ALGORITHM:
         msg = f"snapshot {snapshot.id!r} has checksum {snapshot.checksum!r}: expected {CHECKSUM_ALGORITHM!r} algorithm"
         raise ChecksumMismatch(msg)
-    expected = calculate_checksum(snapshot, digests=digests)
+    expected = calculate_checksum(snapshot, digests=digests, lengths=lengths)
     if not hmac.compare_digest(expected, snapshot.checksum):
         msg = f"snapshot {snapshot.id!r} is damaged: checksum {snapshot.checksum!r} != computed {expected!r}"
         raise ChecksumMismatch(msg)
@@ -109,7 +118,7 @@ def _check_key(key: bytes) -> None:
         raise StateTransferError(msg)
 
 
-def _mac(snapshot: StateSnapshot, key: bytes, digests: dict[str, bytes] | None) -> str:
+def _mac(snapshot: StateSnapshot, key: bytes, digests: Mapping[str, bytes] | None) -> str:
     tag = hmac.new(bytes(key), canonical_bytes(snapshot, digests), hashlib.sha256).hexdigest()
     return f"{SIGNATURE_ALGORITHM}:{tag}"
 
@@ -133,7 +142,7 @@ def sign(snapshot: StateSnapshot, key: bytes) -> StateSnapshot:
     )
 
 
-def verify_signature(snapshot: StateSnapshot, key: bytes, *, digests: dict[str, bytes] | None = None) -> None:
+def verify_signature(snapshot: StateSnapshot, key: bytes, *, digests: Mapping[str, bytes] | None = None) -> None:
     """Raise :class:`ChecksumMismatch` unless ``snapshot`` carries a valid signature by ``key``."""
     _check_key(key)
     if not snapshot.signature:

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import msgspec
@@ -15,7 +15,20 @@ from .checksum import section_digest, verify_checksum, verify_signature
 from .errors import ChecksumMismatch, CorruptSnapshot, StateTransferError
 from .model import EncryptionInfo, StateMetadata, StateSection, StateSnapshot
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "dump", "dumps", "iter_chunks", "load", "loads"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "SectionHeader",
+    "SnapshotHeader",
+    "assemble",
+    "decode_header",
+    "dump",
+    "dumps",
+    "encode_header",
+    "iter_chunks",
+    "load",
+    "loads",
+]
 
 MAGIC = b"\x89STSNAP\n"
 END_MAGIC = b"\nSTSEND\x89"
@@ -25,7 +38,9 @@ _TRAILER = struct.Struct(">8sQ32s")  # end magic, total length, sha256(prefix + 
 MAX_HEADER = 64 << 20
 
 
-class _SectionHeader(msgspec.Struct, forbid_unknown_fields=False):
+class SectionHeader(msgspec.Struct, forbid_unknown_fields=False):
+    """A section as the header describes it: everything but its bytes."""
+
     name: str
     schema_version: int
     length: int
@@ -35,7 +50,9 @@ class _SectionHeader(msgspec.Struct, forbid_unknown_fields=False):
     metadata: dict[str, str]
 
 
-class _Header(msgspec.Struct, forbid_unknown_fields=False):
+class SnapshotHeader(msgspec.Struct, forbid_unknown_fields=False):
+    """A snapshot without its section bytes: the container header, and a store's manifest."""
+
     id: str
     plugin_id: str
     plugin_version: str
@@ -45,15 +62,19 @@ class _Header(msgspec.Struct, forbid_unknown_fields=False):
     metadata: StateMetadata
     checksum: str
     signature: str | None
-    sections: list[_SectionHeader]
+    sections: list[SectionHeader]
 
 
 _encoder = msgspec.msgpack.Encoder()
-_header_decoder = msgspec.msgpack.Decoder(_Header)
+_header_decoder = msgspec.msgpack.Decoder(SnapshotHeader)
 
 
-def _frame(snapshot: StateSnapshot) -> tuple[bytes, list[bytes], bytes]:
-    """Return (prefix + header, section payloads, trailer) without copying payloads."""
+def encode_header(snapshot: StateSnapshot) -> tuple[bytes, list[bytes]]:
+    """The msgpack header of ``snapshot`` and its section payloads (not copied), in header order.
+
+    Raises:
+        ChecksumMismatch: ``snapshot.checksum`` does not match its content.
+    """
     digests: dict[str, bytes] = {}
     headers = []
     for name, sec in snapshot.sections.items():
@@ -61,8 +82,8 @@ def _frame(snapshot: StateSnapshot) -> tuple[bytes, list[bytes], bytes]:
             raise StateTransferError(f"section stored under {name!r} is named {sec.name!r}: keys must match names")
         digests[name] = section_digest(sec.data)
         headers.append(
-            _SectionHeader(name, sec.schema_version, len(sec.data), digests[name], sec.compressed,
-                           sec.encryption, sec.metadata)
+            SectionHeader(name, sec.schema_version, len(sec.data), digests[name], sec.compressed,
+                          sec.encryption, sec.metadata)
         )  # fmt: skip
     try:
         verify_checksum(snapshot, digests=digests)
@@ -70,14 +91,59 @@ def _frame(snapshot: StateSnapshot) -> tuple[bytes, list[bytes], bytes]:
         msg = f"refusing to write a snapshot whose checksum is wrong ({exc}); set it with calculate_checksum()"
         raise ChecksumMismatch(msg) from None
     header = _encoder.encode(
-        _Header(snapshot.id, snapshot.plugin_id, snapshot.plugin_version, snapshot.schema_version,
-                snapshot.timestamp, snapshot.created_ns, snapshot.metadata, snapshot.checksum,
-                snapshot.signature, headers)
+        SnapshotHeader(snapshot.id, snapshot.plugin_id, snapshot.plugin_version, snapshot.schema_version,
+                       snapshot.timestamp, snapshot.created_ns, snapshot.metadata, snapshot.checksum,
+                       snapshot.signature, headers)
     )  # fmt: skip
     if len(header) > MAX_HEADER:
         raise StateTransferError(f"snapshot header is {len(header)} bytes, above the {MAX_HEADER} limit")
+    return header, [sec.data for sec in snapshot.sections.values()]
+
+
+def decode_header(data: bytes | memoryview) -> SnapshotHeader:
+    """Decode a header written by :func:`encode_header`; :class:`CorruptSnapshot` if malformed."""
+    try:
+        header = _header_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _corrupt(f"header does not decode: {exc}") from exc
+    names = [s.name for s in header.sections]
+    if len(set(names)) != len(names):
+        raise _corrupt("a section name appears twice")
+    if any(s.length < 0 for s in header.sections):
+        raise _corrupt("negative section length")
+    return header
+
+
+def assemble(
+    header: SnapshotHeader, payloads: Sequence[bytes | memoryview], *, verify_key: bytes | None = None
+) -> StateSnapshot:
+    """Join a header with its section payloads, verifying every section hash and the checksum.
+
+    Raises:
+        ChecksumMismatch: a payload, the checksum or (with ``verify_key``) the signature does not match.
+    """
+    sections: dict[str, StateSection] = {}
+    digests: dict[str, bytes] = {}
+    for sh, payload in zip(header.sections, payloads, strict=True):
+        digest = section_digest(payload)
+        if len(payload) != sh.length or not hmac.compare_digest(digest, sh.sha256):
+            raise ChecksumMismatch(f"section {sh.name!r} of snapshot {header.id!r} is damaged (sha256 mismatch)")
+        digests[sh.name] = digest
+        data = payload if isinstance(payload, bytes) else bytes(payload)
+        sections[sh.name] = StateSection(sh.name, sh.schema_version, data, sh.compressed, sh.encryption, sh.metadata)
+    snapshot = StateSnapshot(header.id, header.plugin_id, header.plugin_version, header.schema_version,
+                             header.timestamp, sections, header.metadata, header.checksum,
+                             header.created_ns, header.signature)  # fmt: skip
+    verify_checksum(snapshot, digests=digests)
+    if verify_key is not None:
+        verify_signature(snapshot, verify_key, digests=digests)
+    return snapshot
+
+
+def _frame(snapshot: StateSnapshot) -> tuple[bytes, list[bytes], bytes]:
+    """Return (prefix + header, section payloads, trailer) without copying payloads."""
+    header, payloads = encode_header(snapshot)
     head = _PREFIX.pack(MAGIC, *FORMAT_VERSION, 0, len(header)) + header
-    payloads = [sec.data for sec in snapshot.sections.values()]
     total = len(head) + sum(map(len, payloads)) + _TRAILER.size
     return head, payloads, _TRAILER.pack(END_MAGIC, total, hashlib.sha256(head).digest())
 
@@ -148,33 +214,15 @@ def loads(data: bytes | bytearray | memoryview, *, verify_key: bytes | None = No
     head_end = _PREFIX.size + header_len
     if not hmac.compare_digest(hashlib.sha256(view[:head_end]).digest(), head_digest):
         raise ChecksumMismatch("snapshot header is damaged: header digest does not match")
-    try:
-        header = _header_decoder.decode(view[_PREFIX.size : head_end])
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _corrupt(f"header does not decode: {exc}") from exc
-    if sum(s.length for s in header.sections) != body_end - head_end or any(s.length < 0 for s in header.sections):
+    header = decode_header(view[_PREFIX.size : head_end])
+    if sum(s.length for s in header.sections) != body_end - head_end:
         raise _corrupt("section lengths do not add up to the file size")
-    sections: dict[str, StateSection] = {}
-    digests: dict[str, bytes] = {}
+    payloads = []
     offset = head_end
     for sh in header.sections:
-        if sh.name in sections:
-            raise _corrupt(f"section {sh.name!r} appears twice")
-        payload = view[offset : offset + sh.length]
+        payloads.append(view[offset : offset + sh.length])
         offset += sh.length
-        digest = section_digest(payload)
-        if not hmac.compare_digest(digest, sh.sha256):
-            raise ChecksumMismatch(f"section {sh.name!r} of snapshot {header.id!r} is damaged (sha256 mismatch)")
-        digests[sh.name] = digest
-        sections[sh.name] = StateSection(sh.name, sh.schema_version, bytes(payload), sh.compressed,
-                                         sh.encryption, sh.metadata)  # fmt: skip
-    snapshot = StateSnapshot(header.id, header.plugin_id, header.plugin_version, header.schema_version,
-                             header.timestamp, sections, header.metadata, header.checksum,
-                             header.created_ns, header.signature)  # fmt: skip
-    verify_checksum(snapshot, digests=digests)
-    if verify_key is not None:
-        verify_signature(snapshot, verify_key, digests=digests)
-    return snapshot
+    return assemble(header, payloads, verify_key=verify_key)
 
 
 def load(file: str | os.PathLike[str] | IO[bytes], *, verify_key: bytes | None = None) -> StateSnapshot:

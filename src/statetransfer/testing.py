@@ -1,0 +1,213 @@
+"""Test suites to reuse: :class:`StoreContract` for snapshot store backends.
+
+Backend authors subclass :class:`StoreContract` in their own pytest suite and
+implement :meth:`~StoreContract.make_store` and
+:meth:`~StoreContract.corrupt_blob`; every built-in backend passes the same tests.
+Requires pytest (and pytest-asyncio in auto mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from .checksum import calculate_checksum
+from .errors import ChecksumMismatch, SnapshotNotFound, StoreError
+from .model import StateCreationReason, StateMetadata, StateSection, StateSnapshot
+from .sections import pack_section
+from .stores.base import SnapshotStore
+
+__all__ = ["StoreContract", "make_snapshot"]
+
+DAY = 86_400
+
+
+def make_snapshot(
+    snapshot_id: str,
+    plugin_id: str = "plugin",
+    *,
+    sections: dict[str, bytes] | None = None,
+    timestamp: int | None = None,
+    created_ns: int | None = None,
+    tags: list[str] | None = None,
+    expires_at: int | None = None,
+) -> StateSnapshot:
+    """A valid snapshot with the given raw section payloads (zstd-compressed when it helps)."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    secs = {
+        name: pack_section(name, 1, data, snapshot_id=snapshot_id, plugin_id=plugin_id)
+        for name, data in (sections if sections is not None else {"main": b"state " * 100}).items()
+    }
+    snap = StateSnapshot(
+        snapshot_id, plugin_id, "1.0.0", 1, ts, secs,
+        StateMetadata(reason=StateCreationReason.BACKUP, tags=list(tags or []), expires_at=expires_at),
+        "", ts * 1_000_000_000 if created_ns is None else created_ns,
+    )  # fmt: skip
+    return msgspec.structs.replace(snap, checksum=calculate_checksum(snap))
+
+
+class StoreContract:
+    """The behaviour every :class:`SnapshotStore` backend must show."""
+
+    async def make_store(self, tmp_path: Any) -> SnapshotStore:
+        """A fresh, empty store of the backend under test."""
+        raise NotImplementedError
+
+    async def corrupt_blob(self, store: SnapshotStore, digest: str) -> None:
+        """Damage the stored bytes of blob ``digest`` behind the store's back."""
+        raise NotImplementedError
+
+    @pytest.fixture
+    async def store(self, tmp_path: Any) -> AsyncIterator[SnapshotStore]:
+        store = await self.make_store(tmp_path)
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    async def test_put_get_round_trip(self, store: SnapshotStore) -> None:
+        """A snapshot put into the store comes back equal."""
+        snap = make_snapshot("s1", sections={"a": b"x" * 1000, "b": b"", "c": bytes(range(256))})
+        info = await store.put(snap)
+        assert info.id == "s1" and info.plugin_id == "plugin" and info.reason == StateCreationReason.BACKUP
+        assert info.size >= sum(len(s.data) for s in snap.sections.values())
+        assert await store.get("s1") == snap
+
+    async def test_get_missing(self, store: SnapshotStore) -> None:
+        """get of an absent id raises SnapshotNotFound, which is also a KeyError."""
+        with pytest.raises(SnapshotNotFound):
+            await store.get("absent")
+        with pytest.raises(KeyError):
+            await store.get("absent")
+
+    async def test_no_overwrite(self, store: SnapshotStore) -> None:
+        """A second put with the same id is refused and the first stays intact."""
+        first = make_snapshot("same", sections={"a": b"first"})
+        await store.put(first)
+        with pytest.raises(StoreError, match="already exists"):
+            await store.put(make_snapshot("same", sections={"a": b"second"}))
+        assert await store.get("same") == first
+
+    async def test_refuses_wrong_checksum(self, store: SnapshotStore) -> None:
+        """A snapshot whose checksum is stale is refused."""
+        snap = make_snapshot("s1")
+        stale = msgspec.structs.replace(snap, sections={"x": StateSection("x", 1, b"y")})
+        with pytest.raises(ChecksumMismatch):
+            await store.put(stale)
+
+    @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/b", "x\x00y", "", "..", ".hidden", "a" * 300])
+    async def test_unsafe_ids_rejected(self, store: SnapshotStore, bad: str) -> None:
+        """Ids that could escape the store (traversal, absolute, NUL) are rejected with StoreError."""
+        with pytest.raises(StoreError, match="unsafe"):
+            await store.put(make_snapshot(bad))
+        with pytest.raises(StoreError, match="unsafe"):
+            await store.put(make_snapshot("ok-id", plugin_id=bad))
+        with pytest.raises(StoreError, match="unsafe"):
+            await store.get(bad)
+
+    async def test_list_newest_first_and_filters(self, store: SnapshotStore) -> None:
+        """list is newest first (even within one second), filtered by plugin and tags."""
+        base = 1_700_000_000
+        await store.put(make_snapshot("a", "p1", timestamp=base, created_ns=base * 10**9 + 5, tags=["x"]))
+        await store.put(make_snapshot("b", "p1", timestamp=base, created_ns=base * 10**9 + 9, tags=["x", "y"]))
+        await store.put(make_snapshot("c", "p2", timestamp=base - 10))
+        assert [i.id for i in await store.list()] == ["b", "a", "c"]
+        assert [i.id for i in await store.list(plugin_id="p1")] == ["b", "a"]
+        assert [i.id for i in await store.list(tags=["y"])] == ["b"]
+        assert [i.id for i in await store.list(plugin_id="p2", tags=["x"])] == []
+
+    async def test_delete(self, store: SnapshotStore) -> None:
+        """delete removes a snapshot; deleting it again raises SnapshotNotFound."""
+        await store.put(make_snapshot("d"))
+        await store.delete("d")
+        assert await store.list() == []
+        with pytest.raises(SnapshotNotFound):
+            await store.delete("d")
+
+    async def test_dedup_and_safe_delete(self, store: SnapshotStore) -> None:
+        """Identical sections are stored once; deleting one snapshot keeps blobs another uses."""
+        big = bytes(range(256)) * 400
+        await store.put(make_snapshot("one", sections={"cache": big, "meta": b"v1"}))
+        await store.put(make_snapshot("two", sections={"cache": big, "meta": b"v2"}))
+        assert len(await store._list_blobs()) == 3
+        await store.delete("one")
+        assert (await store.get("two")).sections["cache"].data == make_snapshot(
+            "two", sections={"cache": big}
+        ).sections["cache"].data
+        assert len(await store._list_blobs()) == 2
+        report = await store.verify()
+        assert report.ok and report.unreferenced_blobs == 0
+
+    async def test_prune_keep_last_and_expired(self, store: SnapshotStore) -> None:
+        """keep_last keeps the N newest per plugin; expired snapshots always go; dry_run changes nothing."""
+        now = int(time.time())
+        for i in range(5):
+            await store.put(make_snapshot(f"p1-{i}", "p1", timestamp=now - 100 + i))
+            await store.put(make_snapshot(f"p2-{i}", "p2", timestamp=now - 100 + i))
+        await store.put(make_snapshot("p1-expired", "p1", timestamp=now, expires_at=now - 1))
+        dry = await store.prune(keep_last=2, dry_run=True)
+        assert dry.dry_run and len(await store.list()) == 11
+        report = await store.prune(keep_last=2)
+        assert sorted(report.removed) == sorted(["p1-0", "p1-1", "p1-2", "p2-0", "p2-1", "p2-2", "p1-expired"])
+        assert sorted(report.removed) == sorted(dry.removed)
+        assert sorted(i.id for i in await store.list()) == ["p1-3", "p1-4", "p2-3", "p2-4"]
+        assert (await store.verify()).ok
+
+    async def test_prune_only_expired_without_rules(self, store: SnapshotStore) -> None:
+        """prune with no keep rule removes only expired snapshots."""
+        now = int(time.time())
+        await store.put(make_snapshot("live", expires_at=now + 3600))
+        await store.put(make_snapshot("forever"))
+        await store.put(make_snapshot("gone", expires_at=now - 5))
+        report = await store.prune()
+        assert report.removed == ["gone"]
+        assert sorted(i.id for i in await store.list()) == ["forever", "live"]
+
+    async def test_prune_daily_weekly(self, store: SnapshotStore) -> None:
+        """keep_daily keeps the newest of each recent day; keep_weekly of each recent ISO week."""
+        monday = 1_700_438_400  # 2023-11-20 00:00 UTC, a Monday
+        for day in range(21):
+            for hour in (1, 13):
+                ts = monday + day * DAY + hour * 3600
+                await store.put(make_snapshot(f"d{day:02d}h{hour:02d}", timestamp=ts))
+        report = await store.prune(keep_daily=3, keep_weekly=2, dry_run=True)
+        assert sorted(report.kept) == ["d13h13", "d18h13", "d19h13", "d20h13"]
+
+    async def test_verify_reports_damage(self, store: SnapshotStore) -> None:
+        """A damaged blob: get raises ChecksumMismatch, verify names the snapshot, others stay readable."""
+        good = make_snapshot("good", sections={"a": b"fine" * 100})
+        bad = make_snapshot("bad", sections={"a": b"doomed" * 100})
+        await store.put(good)
+        await store.put(bad)
+        assert (await store.verify()).ok
+        digest = (await store._header("bad")).sections[0].sha256.hex()
+        await self.corrupt_blob(store, digest)
+        with pytest.raises(ChecksumMismatch):
+            await store.get("bad")
+        assert await store.get("good") == good
+        report = await store.verify(read_data=True)
+        assert not report.ok and report.checked == 2
+        assert len(report.problems) == 1 and "'bad'" in report.problems[0]
+
+    async def test_verify_missing_blob(self, store: SnapshotStore) -> None:
+        """A missing blob is reported by verify even without reading data."""
+        await store.put(make_snapshot("m"))
+        digest = (await store._header("m")).sections[0].sha256.hex()
+        await store._delete_blob(digest)
+        report = await store.verify(read_data=False)
+        assert not report.ok and "missing" in report.problems[0]
+        with pytest.raises(ChecksumMismatch, match="missing"):
+            await store.get("m")
+
+    async def test_concurrent_puts(self, store: SnapshotStore) -> None:
+        """Many puts at once lose nothing."""
+        snaps = [make_snapshot(f"c{i}", sections={"s": f"payload {i}".encode() * 50}) for i in range(20)]
+        await asyncio.gather(*(store.put(s) for s in snaps))
+        assert sorted(i.id for i in await store.list()) == sorted(s.id for s in snaps)
+        for snap in snaps:
+            assert await store.get(snap.id) == snap

@@ -163,6 +163,10 @@ class PluginHost:
         acquire_timeout: seconds a new call waits for a reload to finish
             before :meth:`use` raises :class:`PluginError`.
         reload_timeout: seconds the export/load/import phases may take.
+        allow_dropped_sections: accept new code that no longer declares a
+            section the old code had. Off by default: such a reload rolls
+            back. When allowed, the dropped section is still carried
+            unchanged through later exports (nothing is lost).
     """
 
     def __init__(
@@ -173,7 +177,9 @@ class PluginHost:
         quiesce_timeout: float = 5.0,
         acquire_timeout: float = 30.0,
         reload_timeout: float = 60.0,
+        allow_dropped_sections: bool = False,
     ) -> None:
+        self.allow_dropped_sections = allow_dropped_sections
         self.keyring = keyring
         self.store = store
         self.quiesce_timeout = quiesce_timeout
@@ -395,6 +401,15 @@ class PluginHost:
                 raise PluginError(f"new code of {slot.plugin_id!r} can no longer import state")
             validation = await new.validate_state(snapshot)
             lap("validate")
+            declared_before = getattr(old, "sections", None)
+            dropped = sorted(
+                name
+                for name, sv in validation.section_validations.items()
+                if sv.verdict == "unknown" and (not isinstance(declared_before, dict) or name in declared_before)
+            )
+            if dropped and not self.allow_dropped_sections:
+                msg = f"new code no longer declares section(s) {dropped}; PluginHost(allow_dropped_sections=True) allows it"
+                raise PluginError(msg)
             if not validation.is_valid:
                 reasons = validation.errors + [
                     f"{n}: {e}" for n, sv in validation.section_validations.items() for e in sv.errors

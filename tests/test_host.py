@@ -32,6 +32,9 @@ class Counter(st.StatefulPlugin):
 """
 
 
+RAISING_INIT = "def __init__(self, keyring=None):\n        raise {error}"
+
+
 def render(version="1.0.0", tag="v1", count_version=1, extra_section="", init="", syntax_error=False) -> str:
     text = COUNTER.format(version=version, tag=tag, count_version=count_version, extra_section=extra_section, init=init)
     return text + ("\ndef broken(:\n" if syntax_error else "")
@@ -227,7 +230,7 @@ async def test_waiting_caller_times_out_with_clear_error(plugin_module):
     slot = host._slots["counter"]
     slot.paused = True
     slot.resumed.clear()
-    with pytest.raises(st.StateTransferError, match="gave up after waiting 0.05s"):
+    with pytest.raises(st.StateTransferError, match=r"gave up after waiting 0\.05s"):
         await call(host)
     slot.paused = False
     slot.resumed.set()
@@ -344,8 +347,8 @@ async def test_load_test_zero_lost_calls(plugin_module):
             await asyncio.sleep(0)
 
     callers = [asyncio.create_task(caller()) for _ in range(8)]
-    broken_kinds = [{"syntax_error": True}, {"init": "def __init__(self, keyring=None):\n        raise ValueError('x')"},
-                    {"count_version": 5}]  # fmt: skip
+    raising = RAISING_INIT.format(error="ValueError('x')")
+    broken_kinds = [{"syntax_error": True}, {"init": raising}, {"count_version": 5}]
     results = []
     for i in range(50):
         broken = i % 3 == 2

@@ -408,7 +408,7 @@ class PluginHost:
                 if sv.verdict == "unknown" and (not isinstance(declared_before, dict) or name in declared_before)
             )
             if dropped and not self.allow_dropped_sections:
-                msg = f"new code no longer declares section(s) {dropped}; PluginHost(allow_dropped_sections=True) allows it"
+                msg = f"new code no longer declares section(s) {dropped} (allowed by allow_dropped_sections=True)"
                 raise PluginError(msg)
             if not validation.is_valid:
                 reasons = validation.errors + [

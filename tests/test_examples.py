@@ -25,6 +25,16 @@ def test_example_runs(script):
     assert "imported ['cache', 'config', 'metrics']" in proc.stdout
 
 
+def test_hot_reload_example():
+    """The hot-reload example serves calls through three watched edits without a failed call."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "hot_reload_service.py")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "calls failed:  0" in proc.stdout
+    assert "reloads done:  3 of 3" in proc.stdout
+
+
 async def test_handwritten_round_trip():
     """The hand-written plugin's export imports into a fresh instance with equal state."""
     src = HandwrittenPlugin()

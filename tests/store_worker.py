@@ -1,0 +1,34 @@
+"""A child process for crash and concurrency tests: puts (or deletes) snapshots and acknowledges each on stdout.
+
+Usage: python store_worker.py URL put PREFIX COUNT
+       python store_worker.py URL churn PREFIX COUNT   (put then delete its own snapshots)
+Each line printed ("put <id>" / "deleted <id>") is written only after the store call returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import statetransfer as st
+from statetransfer.testing import make_snapshot
+
+SHARED = bytes(range(256)) * 2048  # 512 KiB shared by every snapshot: exercises dedup
+
+
+async def main(url: str, mode: str, prefix: str, count: int) -> None:
+    store = st.open_store(url)
+    for i in range(count):
+        snap_id = f"{prefix}-{i}"
+        unique = os.urandom(64) * 1024
+        await store.put(make_snapshot(snap_id, prefix, sections={"shared": SHARED, "unique": unique}))
+        print(f"put {snap_id}", flush=True)
+        if mode == "churn":
+            await store.delete(snap_id)
+            print(f"deleted {snap_id}", flush=True)
+    await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))

@@ -35,6 +35,14 @@ def test_hot_reload_example():
     assert "reloads done:  3 of 3" in proc.stdout
 
 
+def test_move_state_example():
+    """State backed up in one process is restored in another through a store."""
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "move_state.py")], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "restored ['orders', 'sessions']: 2000 sessions, 1234 orders" in proc.stdout
+
+
 async def test_handwritten_round_trip():
     """The hand-written plugin's export imports into a fresh instance with equal state."""
     src = HandwrittenPlugin()

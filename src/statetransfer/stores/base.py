@@ -15,7 +15,7 @@ import contextlib
 import datetime
 import re
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -261,10 +261,13 @@ class SnapshotStore(abc.ABC):
                 blobs_removed = await self._collect_garbage()
             return PruneReport(removed, kept, dry_run, blobs_removed)
 
-    async def verify(self, read_data: bool = True) -> VerifyReport:
+    async def verify(
+        self, read_data: bool = True, *, progress: Callable[[int, int], None] | None = None
+    ) -> VerifyReport:
         """Check every manifest's checksum and that its blobs exist; with ``read_data``, re-hash every blob.
 
-        Problems are reported, never raised.
+        Problems are reported, never raised. ``progress(done, total)`` is
+        called after each snapshot checked.
         """
         problems: list[str] = []
         checked = 0
@@ -277,6 +280,8 @@ class SnapshotStore(abc.ABC):
         hashed: dict[str, bool] = {}
         for snapshot_id, manifest in manifests:
             checked += 1
+            if progress is not None:
+                progress(checked - 1, len(manifests))
             try:
                 header = _parse_manifest(manifest, snapshot_id)
                 _verify_manifest(header)
@@ -293,6 +298,8 @@ class SnapshotStore(abc.ABC):
                     hashed[digest] = await self._blob_intact(digest, sh.length)
                 if read_data and not hashed[digest]:
                     problems.append(f"snapshot {snapshot_id!r}: blob {digest[:16]} of section {sh.name!r} is damaged")
+        if progress is not None:
+            progress(checked, len(manifests))
         return VerifyReport(not problems, checked, problems, len(hashed), len(blobs - referenced))
 
     # -- helpers -----------------------------------------------------------------------------------

@@ -159,6 +159,14 @@ def _load_plugin_class(spec: str) -> type[StateTransferable]:
     return cls
 
 
+def _table(*columns: str) -> Table:
+    """A table whose first column (ids, names) never wraps, so it stays copy-pasteable."""
+    table = Table()
+    for i, name in enumerate(columns):
+        table.add_column(name, no_wrap=i == 0)
+    return table
+
+
 def _human(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -239,7 +247,7 @@ def inspect(ctx: click.Context, snapshot: tuple[str, ...], verify_key_file: str 
     out.print(f"tags       {', '.join(meta.tags) or '-'}  expires {expires}")
     out.print(f"checksum   {snap.checksum}  [green]ok[/]")
     out.print(f"signature  {signature}")
-    table = Table("section", "schema", "stored", "original", "compression", "encryption (key id)")
+    table = _table("section", "schema", "stored", "original", "compression", "encryption (key id)")
     for s in info["sections"]:
         enc = s["encryption"]
         table.add_row(s["name"], str(s["schema_version"]), _human(s["stored_size"]), _human(s["original_size"]),
@@ -283,7 +291,7 @@ def validate(ctx: click.Context, snapshot: tuple[str, ...], plugin_spec: str, sh
         out.print(f"{snap.id} for {plugin.metadata.id} {plugin.metadata.version}: {verdict}, "
                   f"score {v.compatibility_score:.3f}")  # fmt: skip
         out.print(f"schema compatible {v.schema_compatible}, version compatible {v.version_compatible}")
-        table = Table("section", "verdict", "migration path", "problems")
+        table = _table("section", "verdict", "migration path", "problems")
         for name, sv in sorted(v.section_validations.items()):
             path = " -> ".join(map(str, sv.migration_path)) or "-"
             problems = "; ".join([*sv.errors, *sv.warnings]) or "-"
@@ -352,7 +360,7 @@ def list_(store_url: str, plugin_id: str | None, tags: tuple[str, ...], as_json:
     if as_json:
         _emit_json(infos)
         return
-    table = Table("id", "plugin", "version", "schema", "created", "reason", "tags", "size")
+    table = _table("id", "plugin", "version", "schema", "created", "reason", "tags", "size")
     for i in infos:
         table.add_row(i.id, i.plugin_id, i.plugin_version, str(i.schema_version), _when(i.timestamp),
                       i.reason.value, ",".join(i.tags), _human(i.size))  # fmt: skip

@@ -1,28 +1,36 @@
-"""Test suites to reuse: :class:`StoreContract` for snapshot store backends.
+"""Checks to reuse in your own test suite.
 
-Backend authors subclass :class:`StoreContract` in their own pytest suite and
-implement :meth:`~StoreContract.make_store` and
-:meth:`~StoreContract.corrupt_blob`; every built-in backend passes the same tests.
-Requires pytest (and pytest-asyncio in auto mode).
+- :func:`check_plugin` / :func:`acheck_plugin`: one call that exercises a
+  plugin's round trip, every migration path you give a sample for, partial
+  and atomic import, and unknown-section preservation.
+- :class:`StoreContract`: the shared test suite every snapshot store backend
+  passes. Backend authors subclass it in their pytest suite and implement
+  :meth:`~StoreContract.make_store` and :meth:`~StoreContract.corrupt_blob`
+  (needs pytest-asyncio in auto mode).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 import pytest
 
+from . import codecs
 from .checksum import calculate_checksum
-from .errors import ChecksumMismatch, SnapshotNotFound, StoreError
+from .container import dumps, loads
+from .errors import ChecksumMismatch, ImportFailed, SnapshotNotFound, StateTransferError, StoreError
+from .migrations import find_path
 from .model import StateCreationReason, StateMetadata, StateSection, StateSnapshot
-from .sections import pack_section
+from .sections import pack_section, unpack_section
+from .stateful import StatefulPlugin
 from .stores.base import SnapshotStore
 
-__all__ = ["StoreContract", "make_snapshot"]
+__all__ = ["PluginCheckReport", "StoreContract", "acheck_plugin", "check_plugin", "make_snapshot"]
 
 DAY = 86_400
 
@@ -49,6 +57,124 @@ def make_snapshot(
         "", ts * 1_000_000_000 if created_ns is None else created_ns,
     )  # fmt: skip
     return msgspec.structs.replace(snap, checksum=calculate_checksum(snap))
+
+
+@dataclass
+class PluginCheckReport:
+    """What :func:`check_plugin` exercised."""
+
+    plugin_id: str
+    sections: list[str]
+    migration_paths: list[tuple[str, list[int]]] = field(default_factory=list)
+    unexercised_paths: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _values(snapshot: StateSnapshot, keyring: Any) -> dict[str, Any]:
+    """Decoded (untyped) value of every section, for equality checks."""
+    out = {}
+    for name, sec in snapshot.sections.items():
+        payload = unpack_section(sec, snapshot_id=snapshot.id, plugin_id=snapshot.plugin_id, keyring=keyring)
+        out[name] = codecs.decode_untyped(payload, sec.metadata.get("codec", "msgpack"), where=name)
+    return out
+
+
+def _with_section(snapshot: StateSnapshot, section: StateSection) -> StateSnapshot:
+    snap = msgspec.structs.replace(snapshot, sections={**snapshot.sections, section.name: section})
+    return msgspec.structs.replace(snap, checksum=calculate_checksum(snap))
+
+
+async def acheck_plugin(
+    plugin_cls: type[StatefulPlugin],
+    *,
+    make: Callable[[], StatefulPlugin] | None = None,
+    keyring: Any = None,
+    old_values: Mapping[tuple[str, int], Any] | None = None,
+    require_all_paths: bool = False,
+) -> PluginCheckReport:
+    """Exercise a declarative plugin the way a host will; raise ``AssertionError`` on any misbehaviour.
+
+    Args:
+        plugin_cls: the :class:`StatefulPlugin` subclass under test.
+        make: returns a populated instance (default: ``plugin_cls(keyring=keyring)``).
+        keyring: the keyring fresh instances get (for encrypted sections).
+        old_values: sample values of older section schemas, keyed by
+            ``(section, schema_version)``; each one is imported through its
+            migration path.
+        require_all_paths: fail if a migration source version has no sample.
+    """
+
+    def fresh() -> StatefulPlugin:
+        return plugin_cls(keyring=keyring)
+
+    source = (make or fresh)()
+    snapshot = loads(dumps(await source.export_state()))
+    report = PluginCheckReport(source.metadata.id, sorted(snapshot.sections))
+
+    # 1. round trip through bytes
+    target = fresh()
+    result = await target.import_state(snapshot)
+    assert not result.failed_sections, f"round trip: sections failed to import: {result.failed_sections}"
+    again = await target.export_state()
+    assert _values(again, keyring) == _values(snapshot, keyring), "round trip: re-exported state differs"
+
+    # 2. every migration path we have a sample for
+    for name, sec in plugin_cls.sections.items():
+        steps = target._steps(sec)
+        for version in sorted({s.from_version for s in steps}):
+            path = find_path(steps, version, sec.version)
+            if path is None:
+                continue
+            if old_values is None or (name, version) not in old_values:
+                report.unexercised_paths.append((name, version))
+                continue
+            payload = codecs.encode(old_values[name, version], sec.codec, where=name)
+            old = pack_section(name, version, payload, snapshot_id=snapshot.id, plugin_id=snapshot.plugin_id,
+                               keyring=keyring, encrypt=sec.encrypt, metadata={"codec": sec.codec})  # fmt: skip
+            migrated = fresh()
+            try:
+                res = await migrated.import_state(_with_section(snapshot, old))
+            except StateTransferError as exc:
+                raise AssertionError(f"migration {name} v{version} -> v{sec.version} failed: {exc}") from exc
+            assert name in res.imported_sections, f"migration {name} v{version}: not imported: {res.failed_sections}"
+            report.migration_paths.append((name, [version, *(s.to_version for s in path)]))
+    if require_all_paths:
+        assert not report.unexercised_paths, f"migration sources without a sample: {report.unexercised_paths}"
+
+    # 3. atomic and partial import with one damaged section
+    victim = next((n for n, s in plugin_cls.sections.items() if s.codec != "raw" and n in snapshot.sections), None)
+    if victim is not None:
+        garbage = StateSection(victim, plugin_cls.sections[victim].version, b"\xc1", False, None, {})
+        damaged = _with_section(snapshot, garbage)
+        target = fresh()
+        before = _values(await target.export_state(), keyring)
+        try:
+            await target.import_state(damaged)
+        except ImportFailed:
+            pass
+        else:
+            raise AssertionError(f"atomic import of a damaged {victim!r} section did not raise ImportFailed")
+        after = _values(await target.export_state(), keyring)
+        assert after == before, "a failed atomic import changed the plugin's state"
+        res = await target.import_state(damaged, partial=True)
+        assert [f.name for f in res.failed_sections] == [victim], f"partial import: {res.failed_sections}"
+        assert sorted(res.imported_sections) == sorted(set(snapshot.sections) - {victim})
+
+    # 4. an unknown section survives the next export unchanged
+    unknown = StateSection("__check_plugin_unknown__", 1, b"opaque bytes", False, None, {"k": "v"})
+    target = fresh()
+    await target.import_state(_with_section(snapshot, unknown))
+    carried = (await target.export_state()).sections.get(unknown.name)
+    assert carried == unknown, "an unknown section was not carried unchanged into the next export"
+    return report
+
+
+def check_plugin(plugin_cls: type[StatefulPlugin], **options: Any) -> PluginCheckReport:
+    """Synchronous :func:`acheck_plugin` (for plain test functions; use the async one inside a running loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(acheck_plugin(plugin_cls, **options))
+    raise RuntimeError("check_plugin() was called inside a running event loop: use 'await acheck_plugin(...)'")
 
 
 class StoreContract:

@@ -112,20 +112,13 @@ def test_damaged_framing_names_the_problem(mangle, match):
 
 def test_oversize_section_length_is_rejected():
     """A section length field claiming 2**63 bytes is refused without allocating it."""
-    snap = simple_snapshot(a=b"x" * 10)
-    raw = st.dumps(snap)
-    from statetransfer import container
 
-    head_len = struct.unpack(">I", raw[12:16])[0]
-    header = msgspec.msgpack.decode(raw[16 : 16 + head_len])
-    header["sections"][0]["length"] = 2**63
-    new_header = msgspec.msgpack.encode(header)
-    body = raw[:12] + struct.pack(">I", len(new_header)) + new_header
-    rest = raw[16 + head_len : -container._TRAILER.size]
-    import hashlib
+    def claim_huge(header: bytes) -> bytes:
+        doc = msgspec.msgpack.decode(header)
+        doc["sections"][0]["length"] = 2**63
+        return msgspec.msgpack.encode(doc)
 
-    total = len(body) + len(rest) + container._TRAILER.size
-    forged = body + rest + container._TRAILER.pack(container.END_MAGIC, total, hashlib.sha256(body).digest())
+    forged = _forge_header(st.dumps(simple_snapshot(a=b"x" * 10)), claim_huge)
     with pytest.raises(st.CorruptSnapshot, match="do not add up"):
         st.loads(forged)
 
@@ -210,3 +203,35 @@ def test_section_key_must_match_name():
     moved = seal(msgspec.structs.replace(snap, sections={"b": snap.sections["a"]}))
     with pytest.raises(st.StateTransferError, match="keys must match"):
         st.dumps(moved)
+
+
+def _forge_header(raw: bytes, edit) -> bytes:
+    """Re-frame ``raw`` with its header bytes passed through ``edit`` (valid framing, hostile content)."""
+    import hashlib
+
+    from statetransfer import container
+
+    head_len = struct.unpack(">I", raw[12:16])[0]
+    new_header = edit(raw[16 : 16 + head_len])
+    body = raw[:12] + struct.pack(">I", len(new_header)) + new_header
+    rest = raw[16 + head_len : -container._TRAILER.size]
+    total = len(body) + len(rest) + container._TRAILER.size
+    return body + rest + container._TRAILER.pack(container.END_MAGIC, total, hashlib.sha256(body).digest())
+
+
+def test_deeply_nested_header_is_corrupt_not_recursion_error():
+    """A header nesting 100,000 levels deep is a CorruptSnapshot (found by probing; was a RecursionError)."""
+    raw = st.dumps(simple_snapshot(a=b"x"))
+    deep = b"\x91" * 100_000 + b"\xc0"
+    forged = _forge_header(raw, lambda h: h.replace(b"\xa6custom\x80", b"\xa6custom\x81\xa1a" + deep))
+    with pytest.raises(st.CorruptSnapshot, match="header does not decode"):
+        st.loads(forged)
+
+
+def test_deeply_nested_section_value():
+    """A section value nested too deeply to decode is an EncodingError naming the section."""
+    from statetransfer import codecs
+    from statetransfer.errors import EncodingError
+
+    with pytest.raises(EncodingError, match="entries: not valid msgpack"):
+        codecs.decode(b"\x91" * 100_000 + b"\xc0", list, "msgpack", where="entries")

@@ -81,7 +81,7 @@ def canonical_bytes(
     ]
     try:
         return _DOMAIN + _canonical.encode(body)
-    except (TypeError, ValueError, OverflowError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
         msg = f"snapshot {snapshot.id!r} holds a value that cannot be checksummed: {exc}"
         raise StateTransferError(msg) from exc
 

@@ -42,7 +42,7 @@ def encode(value: Any, codec: str = "msgpack", *, where: str = "value") -> bytes
         return bytes(value)
     try:
         return (_json_encoder if codec == "json" else _msgpack_encoder).encode(value)
-    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
         raise EncodingError(f"{where}: cannot encode as {codec}: {exc}") from exc
 
 
@@ -111,7 +111,7 @@ def decode_untyped(data: bytes | memoryview, codec: str = "msgpack", *, where: s
         return bytes(data)
     try:
         return (msgspec.json if codec == "json" else msgspec.msgpack).decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise EncodingError(f"{where}: not valid {codec} data: {exc}") from exc
 
 
@@ -124,7 +124,7 @@ def decode(data: bytes | memoryview, tp: Any, codec: str = "msgpack", *, where: 
         return _decoder(codec, tp).decode(data)
     except msgspec.ValidationError:
         return convert(decode_untyped(data, codec, where=where), tp, where=where, codec=codec)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise EncodingError(f"{where}: not valid {codec} data: {exc}") from exc
     except TypeError as exc:  # an unsupported declared type
         raise EncodingError(f"{where}: type {tp!r} is not supported by msgspec: {exc}") from exc

@@ -104,7 +104,7 @@ def decode_header(data: bytes | memoryview) -> SnapshotHeader:
     """Decode a header written by :func:`encode_header`; :class:`CorruptSnapshot` if malformed."""
     try:
         header = _header_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise _corrupt(f"header does not decode: {exc}") from exc
     names = [s.name for s in header.sections]
     if len(set(names)) != len(names):

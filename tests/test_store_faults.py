@@ -87,7 +87,7 @@ async def test_damaged_blob_file_on_disk(tmp_path):
     await store.put(make_snapshot("intact", sections={"s": b"a" * 5000}))
     await store.put(make_snapshot("hit", sections={"s": os.urandom(5000)}))
     header = await store._header("hit")
-    blob = next((tmp_path / "store" / "blobs").rglob(header.sections[0].sha256.hex()))
+    blob = next((tmp_path / "store" / "blobs").rglob(header.sections[0].digest.hex()))
     data = bytearray(blob.read_bytes())
     data[100] ^= 0x01
     blob.write_bytes(bytes(data))

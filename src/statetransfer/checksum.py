@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -31,9 +34,41 @@ _DOMAIN = b"statetransfer/checksum/v1\x00"
 _canonical = msgspec.msgpack.Encoder(order="deterministic")
 
 
-def section_digest(data: bytes | memoryview) -> bytes:
-    """SHA-256 of a section's stored bytes (also its content address in stores)."""
-    return hashlib.sha256(data).digest()
+#: Sections larger than this are hashed as a tree of :data:`TREE_CHUNK` leaves, in parallel.
+TREE_ABOVE = 8 << 20
+TREE_CHUNK = 4 << 20
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _hash_pool() -> ThreadPoolExecutor:
+    global _pool  # noqa: PLW0603 - one lazily created pool per process
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="st-hash")
+        return _pool
+
+
+def section_digest(data: bytes | bytearray | memoryview) -> bytes:
+    """The 32-byte digest of a section's stored bytes (also its content address in stores).
+
+    Up to 8 MiB: SHA-256 of the bytes. Larger: BLAKE2b-256 (personalised
+    ``sttree01``) over the length and the SHA-256 of each 4 MiB leaf; the
+    leaves are hashed in parallel threads (hashlib releases the GIL), so a
+    100 MB section hashes in about half the time on two cores. The distinct
+    root function keeps the two forms from ever colliding.
+    """
+    size = len(data)
+    if size <= TREE_ABOVE:
+        return hashlib.sha256(data).digest()
+    view = memoryview(data).cast("B")
+    leaves = _hash_pool().map(
+        lambda start: hashlib.sha256(view[start : start + TREE_CHUNK]).digest(), range(0, size, TREE_CHUNK)
+    )
+    root = hashlib.blake2b(size.to_bytes(8, "big"), digest_size=32, person=b"sttree01")
+    for leaf in leaves:
+        root.update(leaf)
+    return root.digest()
 
 
 def canonical_bytes(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import itertools
 import json
 import re
+import struct
+import threading
 import typing
+from collections.abc import Generator, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -13,9 +19,16 @@ import msgspec
 
 from .errors import EncodingError
 
-__all__ = ["CODECS", "convert", "decode", "decode_untyped", "encode"]
+__all__ = ["CODECS", "SLICE_ITEMS", "Pieces", "convert", "decode", "decode_untyped", "encode", "iter_encode"]
 
 CODECS = ("msgpack", "json", "raw")
+#: Items per slice when a large dict or list is encoded piecewise (see :func:`iter_encode`).
+SLICE_ITEMS = 65_536
+#: Only values with at least this many slices' worth of items are sliced (smaller ones encode in ~20 ms).
+SLICE_MIN_SLICES = 4
+#: Payloads at least this large are decoded with the cyclic GC paused (decoding builds no cycles).
+_GC_PAUSE_ABOVE = 1 << 20
+_MAP32 = struct.Struct(">BI")
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _json_encoder = msgspec.json.Encoder()
 _MSG_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -31,6 +44,112 @@ def _decoder(codec: str, tp: Any) -> Any:
     if codec == "json":
         return msgspec.json.Decoder(tp)
     return msgspec.msgpack.Decoder(tp)
+
+
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while decoding a large payload.
+
+    Decoding allocates millions of acyclic objects; each allocation burst
+    would otherwise trigger collections that re-scan the whole heap (more
+    than half the decode time on 200,000 records). Nested and concurrent
+    users share one pause; the collector's previous state is restored when
+    the last one leaves.
+    """
+    global _gc_users, _gc_was_enabled  # noqa: PLW0603 - process-wide by nature
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+Pieces = list[bytes | memoryview]
+
+
+def iter_encode(
+    value: Any, codec: str = "msgpack", *, where: str = "value", slice_items: int = SLICE_ITEMS
+) -> Generator[None, None, tuple[Pieces, str | None]]:
+    """Encode ``value``, yielding between slices of a large dict or list; returns (pieces, slice table).
+
+    A caller that awaits between ``next()`` calls keeps its event loop
+    responsive while a 100 MB section is encoded. The pieces concatenate to
+    one valid msgpack map/array (a 32-bit length header, then the items) and
+    are never joined here: compression streams over them. The slice table
+    (``"offset:count;..."``) lets :func:`decode` decode the payload slice by
+    slice. Other codecs and small values are encoded in one step, one piece.
+    """
+    is_map = isinstance(value, dict)
+    if codec != "msgpack" or not (is_map or isinstance(value, list)) or len(value) < SLICE_MIN_SLICES * slice_items:
+        return [encode(value, codec, where=where)], None
+    with gc_paused():  # slices are fresh containers: without this, each one can trigger a full-heap collection
+        return (yield from _encode_slices(value, is_map, codec, where, slice_items))
+
+
+def _encode_slices(
+    value: Any, is_map: bool, codec: str, where: str, slice_items: int
+) -> Generator[None, None, tuple[Pieces, str | None]]:
+    pieces: Pieces = []
+    table: list[str] = []
+    count = 0
+    offset = _MAP32.size
+    items = iter(value.items()) if is_map else None
+    for start in range(0, len(value), slice_items):
+        if items is not None:
+            try:
+                part: Any = dict(itertools.islice(items, slice_items))
+            except RuntimeError:  # the dict changed size between slices: encode it whole, in one step
+                return [encode(value, codec, where=where)], None
+        else:
+            part = value[start : start + slice_items]
+        if not part:
+            break
+        piece = encode(part, codec, where=where)
+        body = memoryview(piece)[_header_size(piece[0]) :]
+        table.append(f"{offset}:{len(part)}")
+        pieces.append(body)
+        offset += len(body)
+        count += len(part)
+        yield
+    pieces.insert(0, _MAP32.pack(0xDF if is_map else 0xDD, count))
+    return pieces, ";".join(table)
+
+
+def _header_size(first: int) -> int:
+    """Bytes of a msgpack map/array header starting with byte ``first``."""
+    if 0x80 <= first <= 0x9F:
+        return 1
+    return {0xDC: 3, 0xDE: 3, 0xDD: 5, 0xDF: 5}[first]
+
+
+def _parse_slices(table: str, size: int, where: str) -> list[tuple[int, int, int]]:
+    """[(start, end, count)] from a slice table, checked against the payload size."""
+    try:
+        pairs = [tuple(int(x) for x in item.split(":")) for item in table.split(";")]
+    except ValueError:
+        raise EncodingError(f"{where}: malformed slice table") from None
+    out = []
+    for i, pair in enumerate(pairs):
+        if len(pair) != 2:
+            raise EncodingError(f"{where}: malformed slice table")
+        start, count = pair
+        end = pairs[i + 1][0] if i + 1 < len(pairs) else size
+        if not _MAP32.size <= start <= end <= size or count < 0:
+            raise EncodingError(f"{where}: slice table does not fit the payload")
+        out.append((start, end, count))
+    return out
 
 
 def encode(value: Any, codec: str = "msgpack", *, where: str = "value") -> bytes:
@@ -115,13 +234,43 @@ def decode_untyped(data: bytes | memoryview, codec: str = "msgpack", *, where: s
         raise EncodingError(f"{where}: not valid {codec} data: {exc}") from exc
 
 
-def decode(data: bytes | memoryview, tp: Any, codec: str = "msgpack", *, where: str = "value") -> Any:
-    """Decode bytes as ``tp``; a mismatch names the field path (``entries["a"][2]: expected int, got str``)."""
+def _decode_slices(data: bytes | memoryview, tp: Any, table: str, where: str) -> Any:
+    """Decode a sliced msgpack map/array one slice at a time (the GIL is released between slices)."""
+    view = memoryview(data)
+    if len(view) < _MAP32.size or view[0] not in (0xDF, 0xDD):
+        raise EncodingError(f"{where}: sliced payload lacks its 32-bit header")
+    is_map = view[0] == 0xDF
+    decoder = _decoder("msgpack", tp)
+    result: Any = {} if is_map else []
+    for start, end, count in _parse_slices(table, len(view), where):
+        piece = _MAP32.pack(view[0], count) + view[start:end]
+        part = decoder.decode(piece)
+        if is_map:
+            result.update(part)
+        else:
+            result.extend(part)
+    return result
+
+
+def decode(
+    data: bytes | memoryview, tp: Any, codec: str = "msgpack", *, where: str = "value", slices: str | None = None
+) -> Any:
+    """Decode bytes as ``tp``; a mismatch names the field path (``entries["a"][2]: expected int, got str``).
+
+    ``slices`` is the table :func:`iter_encode` returned; with a dict or list
+    type it lets large payloads decode slice by slice.
+    """
     _check_codec(codec)
     if codec == "raw":
         return bytes(data)
+    origin = typing.get_origin(tp) or tp
+    sliceable = slices and codec == "msgpack" and origin in (dict, list)
+    pause = gc_paused() if len(data) >= _GC_PAUSE_ABOVE else contextlib.nullcontext()
     try:
-        return _decoder(codec, tp).decode(data)
+        with pause:
+            if sliceable:
+                return _decode_slices(data, tp, slices or "", where)
+            return _decoder(codec, tp).decode(data)
     except msgspec.ValidationError:
         return convert(decode_untyped(data, codec, where=where), tp, where=where, codec=codec)
     except (msgspec.DecodeError, RecursionError) as exc:

@@ -21,10 +21,12 @@ __all__ = [
     "SectionHeader",
     "SnapshotHeader",
     "assemble",
+    "build_header",
     "decode_header",
     "dump",
     "dumps",
     "encode_header",
+    "header_bytes",
     "iter_chunks",
     "load",
     "loads",
@@ -44,7 +46,7 @@ class SectionHeader(msgspec.Struct, forbid_unknown_fields=False):
     name: str
     schema_version: int
     length: int
-    sha256: bytes
+    digest: bytes
     compressed: bool
     encryption: EncryptionInfo | None
     metadata: dict[str, str]
@@ -69,8 +71,8 @@ _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(SnapshotHeader)
 
 
-def encode_header(snapshot: StateSnapshot) -> tuple[bytes, list[bytes]]:
-    """The msgpack header of ``snapshot`` and its section payloads (not copied), in header order.
+def build_header(snapshot: StateSnapshot) -> SnapshotHeader:
+    """Describe ``snapshot`` without its section bytes (each section hashed once).
 
     Raises:
         ChecksumMismatch: ``snapshot.checksum`` does not match its content.
@@ -90,14 +92,22 @@ def encode_header(snapshot: StateSnapshot) -> tuple[bytes, list[bytes]]:
     except ChecksumMismatch as exc:
         msg = f"refusing to write a snapshot whose checksum is wrong ({exc}); set it with calculate_checksum()"
         raise ChecksumMismatch(msg) from None
-    header = _encoder.encode(
-        SnapshotHeader(snapshot.id, snapshot.plugin_id, snapshot.plugin_version, snapshot.schema_version,
-                       snapshot.timestamp, snapshot.created_ns, snapshot.metadata, snapshot.checksum,
-                       snapshot.signature, headers)
-    )  # fmt: skip
-    if len(header) > MAX_HEADER:
-        raise StateTransferError(f"snapshot header is {len(header)} bytes, above the {MAX_HEADER} limit")
-    return header, [sec.data for sec in snapshot.sections.values()]
+    return SnapshotHeader(snapshot.id, snapshot.plugin_id, snapshot.plugin_version, snapshot.schema_version,
+                          snapshot.timestamp, snapshot.created_ns, snapshot.metadata, snapshot.checksum,
+                          snapshot.signature, headers)  # fmt: skip
+
+
+def header_bytes(header: SnapshotHeader) -> bytes:
+    """The msgpack encoding of a header (at most 64 MiB)."""
+    data = _encoder.encode(header)
+    if len(data) > MAX_HEADER:
+        raise StateTransferError(f"snapshot header is {len(data)} bytes, above the {MAX_HEADER} limit")
+    return data
+
+
+def encode_header(snapshot: StateSnapshot) -> tuple[bytes, list[bytes]]:
+    """The msgpack header of ``snapshot`` and its section payloads (not copied), in header order."""
+    return header_bytes(build_header(snapshot)), [sec.data for sec in snapshot.sections.values()]
 
 
 def decode_header(data: bytes | memoryview) -> SnapshotHeader:
@@ -126,8 +136,8 @@ def assemble(
     digests: dict[str, bytes] = {}
     for sh, payload in zip(header.sections, payloads, strict=True):
         digest = section_digest(payload)
-        if len(payload) != sh.length or not hmac.compare_digest(digest, sh.sha256):
-            raise ChecksumMismatch(f"section {sh.name!r} of snapshot {header.id!r} is damaged (sha256 mismatch)")
+        if len(payload) != sh.length or not hmac.compare_digest(digest, sh.digest):
+            raise ChecksumMismatch(f"section {sh.name!r} of snapshot {header.id!r} is damaged (digest mismatch)")
         digests[sh.name] = digest
         data = payload if isinstance(payload, bytes) else bytes(payload)
         sections[sh.name] = StateSection(sh.name, sh.schema_version, data, sh.compressed, sh.encryption, sh.metadata)

@@ -233,7 +233,7 @@ def _cipher(info: EncryptionInfo, keyring: Keyring) -> AESGCM | ChaCha20Poly1305
 
 
 def encrypt_data(
-    plaintext: bytes | memoryview,
+    plaintext: bytes | bytearray | memoryview,
     binding: Binding,
     *,
     keyring: Keyring,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from .codecs import Pieces
 from .compression import DEFAULT_MAX_SIZE, compress, decompress
 from .crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data
 from .errors import CorruptSnapshot, MissingKey
@@ -18,11 +19,12 @@ COMPRESS_MIN_SIZE = 256
 def pack_section(
     name: str,
     schema_version: int,
-    payload: bytes,
+    payload: bytes | Pieces,
     *,
     snapshot_id: str,
     plugin_id: str,
     compression: str | None = "zstd",
+    level: int | None = None,
     keyring: Keyring | None = None,
     encrypt: bool = False,
     key_id: str | None = None,
@@ -31,17 +33,22 @@ def pack_section(
 ) -> StateSection:
     """Compress (if it shrinks) then encrypt ``payload`` into a :class:`StateSection`.
 
+    ``payload`` is the encoded value, or pieces of it (:func:`codecs.iter_encode`)
+    that are streamed through the compressor without being joined.
     ``metadata`` records ``original_size`` and, when compressed, ``compression``.
     """
     meta = dict(metadata or {})
-    meta["original_size"] = str(len(payload))
-    data = payload
+    size = len(payload) if isinstance(payload, bytes) else sum(len(p) for p in payload)
+    meta["original_size"] = str(size)
+    data: bytes | None = None
     compressed = False
-    if compression and compression != "none" and len(payload) >= COMPRESS_MIN_SIZE:
-        packed = compress(payload, compression)
-        if len(packed) < len(payload):
+    if compression and compression != "none" and size >= COMPRESS_MIN_SIZE:
+        packed = compress(payload, compression, level=level)
+        if len(packed) < size:
             data, compressed = packed, True
             meta["compression"] = compression
+    if data is None:
+        data = payload if isinstance(payload, bytes) else b"".join(payload)
     encryption = None
     if encrypt:
         if keyring is None:

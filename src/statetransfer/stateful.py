@@ -59,6 +59,8 @@ class Section(Generic[T]):
         codec: ``"msgpack"`` (default), ``"json"`` or ``"raw"``.
         compress: ``True`` (zstd), ``False``, or ``"zstd"`` / ``"lz4"``. Stored
             raw whenever compression does not shrink the bytes.
+        level: compression level (zstd default 1: fast enough for hot reload;
+            use 3-9 for backups where size matters more than time).
         encrypt: seal the section with the plugin's keyring (default key).
         validate: a domain check called with the decoded value on import; it
             returns nothing (or an empty list) when fine, or raises / returns
@@ -73,6 +75,7 @@ class Section(Generic[T]):
         version: int = 1,
         codec: str = "msgpack",
         compress: bool | str = False,
+        level: int | None = None,
         encrypt: bool = False,
         validate: Callable[[Any], Iterable[str] | None] | None = None,
         default: Callable[[], T] | None = None,
@@ -89,6 +92,7 @@ class Section(Generic[T]):
         self.version = version
         self.codec = codec
         self.compression: str | None = compress or None
+        self.level = level
         self.encrypt = encrypt
         self.validator = validate
         self.default = default
@@ -226,7 +230,7 @@ class StatefulPlugin(StateTransferable):
         payload = unpack_section(stored, snapshot_id=snapshot.id, plugin_id=snapshot.plugin_id, keyring=self.keyring)
         warnings: list[str] = []
         if stored.schema_version == sec.version:
-            value = codecs.decode(payload, sec.type, sec.codec, where=where)
+            value = codecs.decode(payload, sec.type, sec.codec, where=where, slices=stored.metadata.get("slices"))
         else:
             path = find_path(self._steps(sec), stored.schema_version, sec.version)
             if path is None:
@@ -341,30 +345,45 @@ class StatefulPlugin(StateTransferable):
         created_by: str | None = None,
         custom: dict[str, Any] | None = None,
     ) -> StateSnapshot:
-        """A snapshot of the live state (a consistent view, taken under :attr:`state_lock`).
+        """A snapshot of the live state: a consistent view, taken while holding :attr:`state_lock`.
 
-        Values are encoded while holding the lock (no ``await`` in between,
-        so no other task can change them half-way); compression, encryption
-        and hashing of large sections run afterwards in a worker thread.
+        Values are encoded under the lock. Dicts and lists of more than
+        ``2 * codecs.SLICE_ITEMS`` items are encoded in slices with the event
+        loop free between them (a 100 MB section does not stall other tasks);
+        the lock is held throughout, so changes made under ``state_lock`` are
+        never seen half-done — make changes to large sections under the lock.
+        Compression, encryption and hashing of large sections run afterwards
+        in a worker thread.
         """
         snapshot_id = new_snapshot_id()
         seconds, ns = now()
-        payloads: dict[str, bytes] = {}
+        payloads: dict[str, codecs.Pieces] = {}
+        slices: dict[str, str] = {}
         async with self.state_lock:
             for name, sec in self.sections.items():
-                value = getattr(self, name)
-                payloads[name] = codecs.encode(value, sec.codec, where=name)
+                steps = codecs.iter_encode(getattr(self, name), sec.codec, where=name)
+                while True:
+                    try:
+                        next(steps)
+                    except StopIteration as done:
+                        payloads[name], table = done.value
+                        break
+                    await asyncio.sleep(0)
+                if table:
+                    slices[name] = table
             preserved = dict(self._preserved)
         sections: dict[str, StateSection] = {}
         for name, sec in self.sections.items():
+            meta = {"codec": sec.codec, **({"slices": slices[name]} if name in slices else {})}
             args: dict[str, Any] = {
                 "snapshot_id": snapshot_id, "plugin_id": self.metadata.id, "compression": sec.compression,
-                "keyring": self.keyring, "encrypt": sec.encrypt, "metadata": {"codec": sec.codec},
+                "level": sec.level, "keyring": self.keyring, "encrypt": sec.encrypt, "metadata": meta,
             }  # fmt: skip
-            if len(payloads[name]) >= _THREAD_ABOVE:
-                sections[name] = await asyncio.to_thread(pack_section, name, sec.version, payloads[name], **args)
+            pieces = payloads[name]
+            if sum(map(len, pieces)) >= _THREAD_ABOVE:
+                sections[name] = await asyncio.to_thread(pack_section, name, sec.version, pieces, **args)
             else:
-                sections[name] = pack_section(name, sec.version, payloads[name], **args)
+                sections[name] = pack_section(name, sec.version, pieces, **args)
         for name, (stored, origin) in preserved.items():
             if name not in sections:
                 sections[name] = reseal_section(

@@ -311,7 +311,7 @@ class StoreContract:
         await store.put(good)
         await store.put(bad)
         assert (await store.verify()).ok
-        digest = (await store._header("bad")).sections[0].sha256.hex()
+        digest = (await store._header("bad")).sections[0].digest.hex()
         await self.corrupt_blob(store, digest)
         with pytest.raises(ChecksumMismatch):
             await store.get("bad")
@@ -323,7 +323,7 @@ class StoreContract:
     async def test_verify_missing_blob(self, store: SnapshotStore) -> None:
         """A missing blob is reported by verify even without reading data."""
         await store.put(make_snapshot("m"))
-        digest = (await store._header("m")).sections[0].sha256.hex()
+        digest = (await store._header("m")).sections[0].digest.hex()
         await store._delete_blob(digest)
         report = await store.verify(read_data=False)
         assert not report.ok and "missing" in report.problems[0]

@@ -21,13 +21,15 @@ from typing import Any
 import msgspec
 
 from ..checksum import section_digest, verify_checksum
-from ..container import SnapshotHeader, assemble, decode_header, encode_header
+from ..container import SnapshotHeader, assemble, build_header, decode_header, header_bytes
 from ..errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StateTransferError, StoreError
 from ..model import StateCreationReason, StateSection, StateSnapshot
 
 __all__ = ["PruneReport", "SnapshotInfo", "SnapshotStore", "VerifyReport", "check_id"]
 
 MANIFEST_MAGIC = b"STMF\x01\n"
+#: Snapshots with at least this many bytes of sections are hashed in a worker thread.
+_THREAD_ABOVE = 1 << 20
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
 
 
@@ -157,12 +159,13 @@ class SnapshotStore(abc.ABC):
         """
         check_id(snapshot.id)
         check_id(snapshot.plugin_id, "plugin id")
-        header, payloads = encode_header(snapshot)
-        manifest = MANIFEST_MAGIC + header
-        parsed = decode_header(header)
+        large = sum(len(s.data) for s in snapshot.sections.values()) >= _THREAD_ABOVE
+        parsed = await asyncio.to_thread(build_header, snapshot) if large else build_header(snapshot)
+        manifest = MANIFEST_MAGIC + header_bytes(parsed)
+        payloads = [sec.data for sec in snapshot.sections.values()]
         async with self._shared():
             for sh, payload in zip(parsed.sections, payloads, strict=True):
-                digest = sh.sha256.hex()
+                digest = sh.digest.hex()
                 if not await self._has_blob(digest):
                     await self._put_blob(digest, payload)
             await self._put_manifest(snapshot.id, manifest)
@@ -179,10 +182,12 @@ class SnapshotStore(abc.ABC):
         payloads = []
         for sh in header.sections:
             try:
-                payloads.append(await self._get_blob(sh.sha256.hex()))
+                payloads.append(await self._get_blob(sh.digest.hex()))
             except KeyError:
                 msg = f"snapshot {snapshot_id!r} is damaged: blob of section {sh.name!r} is missing"
                 raise ChecksumMismatch(msg) from None
+        if sum(map(len, payloads)) >= _THREAD_ABOVE:
+            return await asyncio.to_thread(assemble, header, payloads)
         return assemble(header, payloads)
 
     async def info(self, snapshot_id: str) -> SnapshotInfo:
@@ -289,7 +294,7 @@ class SnapshotStore(abc.ABC):
                 problems.append(f"snapshot {snapshot_id!r}: manifest damaged: {exc}")
                 continue
             for sh in header.sections:
-                digest = sh.sha256.hex()
+                digest = sh.digest.hex()
                 referenced.add(digest)
                 if digest not in blobs:
                     problems.append(f"snapshot {snapshot_id!r}: blob {digest[:16]} of section {sh.name!r} is missing")
@@ -308,7 +313,7 @@ class SnapshotStore(abc.ABC):
             data = await self._get_blob(digest)
         except (KeyError, StateTransferError):
             return False
-        if len(data) > 8 << 20:
+        if len(data) >= _THREAD_ABOVE:
             return len(data) == length and await asyncio.to_thread(section_digest, data) == bytes.fromhex(digest)
         return len(data) == length and section_digest(data) == bytes.fromhex(digest)
 
@@ -330,7 +335,7 @@ class SnapshotStore(abc.ABC):
                 header = _parse_manifest(manifest, snapshot_id)
             except CorruptSnapshot:
                 return 0  # cannot tell what a damaged manifest references: delete nothing
-            referenced.update(sh.sha256.hex() for sh in header.sections)
+            referenced.update(sh.digest.hex() for sh in header.sections)
         orphans = await self._list_blobs() - referenced
         for digest in orphans:
             await self._delete_blob(digest)
@@ -358,7 +363,7 @@ def _verify_manifest(header: SnapshotHeader) -> None:
     )  # fmt: skip
     verify_checksum(
         skeleton,
-        digests={sh.name: sh.sha256 for sh in header.sections},
+        digests={sh.name: sh.digest for sh in header.sections},
         lengths={sh.name: sh.length for sh in header.sections},
     )
 

@@ -101,3 +101,42 @@ def test_garbage_is_corrupt(algorithm):
     """Garbage input is a CorruptSnapshot, never the library's own error type."""
     with pytest.raises(st.CorruptSnapshot):
         st.decompress(b"\x00garbage-bytes" * 3, algorithm)
+
+
+def _section(data: bytes, algorithm: str, original_size: str) -> st.StateSection:
+    meta = {"original_size": original_size, "compression": algorithm}
+    return st.StateSection("s", 1, data, True, None, meta)
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "lz4"])
+def test_section_frame_must_declare_recorded_size(algorithm):
+    """A section frame that declares no size, or another size than recorded, is refused before decompressing."""
+    payload = b"z" * 50_000
+    undeclared = (
+        zstandard.ZstdCompressor(write_content_size=False).compress(payload)
+        if algorithm == "zstd"
+        else lz4.frame.compress(payload, store_size=False)
+    )
+    with pytest.raises(st.CorruptSnapshot, match="does not declare"):
+        unpack_section(_section(undeclared, algorithm, "50000"), snapshot_id="x", plugin_id="p")
+    honest = st.compress(payload, algorithm)
+    with pytest.raises(st.DecompressionLimitExceeded, match="declares 50000 bytes"):
+        unpack_section(_section(honest, algorithm, "49999"), snapshot_id="x", plugin_id="p")
+    assert unpack_section(_section(honest, algorithm, "50000"), snapshot_id="x", plugin_id="p") == payload
+
+
+def test_section_recording_10_gib_fails_fast():
+    """A 1 KiB section recording 10 GiB (and a frame declaring it) fails before allocating anything."""
+    cobj = zstandard.ZstdCompressor().compressobj(size=10 << 30)
+    bomb = cobj.compress(b"\0" * 1024) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    before = _peak_rss_mb()
+    with pytest.raises(st.DecompressionLimitExceeded, match="above the limit"):
+        unpack_section(_section(bomb, "zstd", str(10 << 30)), snapshot_id="x", plugin_id="p")
+    assert _peak_rss_mb() - before < 100
+
+
+def test_non_ascii_digits_in_original_size():
+    """original_size made of non-ASCII digits ('²') is a CorruptSnapshot, not a ValueError."""
+    with pytest.raises(st.CorruptSnapshot, match="not a byte count"):
+        unpack_section(st.StateSection("s", 1, b"x", False, None, {"original_size": "²"}), snapshot_id="x",
+                       plugin_id="p")  # fmt: skip

@@ -9,7 +9,7 @@ import zstandard
 
 from .errors import CorruptSnapshot, DecompressionLimitExceeded, StateTransferError
 
-__all__ = ["ALGORITHMS", "DEFAULT_MAX_SIZE", "compress", "decompress"]
+__all__ = ["ALGORITHMS", "DEFAULT_MAX_SIZE", "compress", "declared_size", "decompress"]
 
 ALGORITHMS = ("zstd", "lz4", "none")
 #: Upper bound on any decompressed section when the caller gives none (4 GiB).
@@ -56,6 +56,26 @@ def compress(data: Buffer | Sequence[Buffer], algorithm: str = "zstd", *, level:
     parts = [cobj.compress(piece) for piece in pieces]
     parts.append(cobj.flush())
     return b"".join(parts)
+
+
+def declared_size(data: bytes | memoryview, algorithm: str) -> int | None:
+    """The content size a zstd or lz4 frame declares in its header (None when it declares none).
+
+    Raises:
+        CorruptSnapshot: the data does not start with a valid frame header.
+    """
+    _check_algorithm(algorithm)
+    if algorithm == "none":
+        return len(data)
+    try:
+        if algorithm == "zstd":
+            size = zstandard.frame_content_size(data)
+            return None if size < 0 else int(size)
+        info = lz4.frame.get_frame_info(data)
+    except (zstandard.ZstdError, RuntimeError, ValueError) as exc:
+        raise CorruptSnapshot(f"{algorithm} data has no valid frame header: {exc}") from exc
+    size = int(info.get("content_size", 0))
+    return size or None
 
 
 def _bounded_read(reader: zstandard.ZstdDecompressionReader, limit: int) -> bytes:

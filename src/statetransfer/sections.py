@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 
 from .codecs import Pieces
-from .compression import DEFAULT_MAX_SIZE, compress, decompress
+from .compression import DEFAULT_MAX_SIZE, compress, declared_size, decompress
 from .crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data
-from .errors import CorruptSnapshot, MissingKey
+from .errors import CorruptSnapshot, DecompressionLimitExceeded, MissingKey
 from .model import StateSection
 
 __all__ = ["COMPRESS_MIN_SIZE", "SEALED_IN", "pack_section", "reseal_section", "unpack_section"]
@@ -83,16 +83,26 @@ def unpack_section(
         bound = section.metadata.get(SEALED_IN, snapshot_id)
         binding = Binding(bound, plugin_id, section.name, section.schema_version)
         data = decrypt_data(data, section.encryption, binding, keyring=keyring)
+    name = section.name
     limit = max_size
     recorded = section.metadata.get("original_size")
     if recorded is not None:
-        if not recorded.isdigit() or len(recorded) > 20:
-            raise CorruptSnapshot(f"section {section.name!r}: original_size {recorded!r} is not a byte count")
-        limit = min(limit, int(recorded))
+        if not (recorded.isascii() and recorded.isdigit()) or len(recorded) > 20:
+            raise CorruptSnapshot(f"section {name!r}: original_size {recorded!r} is not a byte count")
+        if int(recorded) > max_size:
+            msg = f"section {name!r} records {recorded} bytes, above the limit of {max_size} bytes"
+            raise DecompressionLimitExceeded(msg)
+        limit = int(recorded)
+    algorithm = section.metadata.get("compression", "zstd") if section.compressed else "none"
     if section.compressed:
-        out = decompress(data, section.metadata.get("compression", "zstd"), max_size=limit)
-    else:
-        out = decompress(data, "none", max_size=limit)
+        # Checked before anything is allocated: a frame must declare its size, and it must be the recorded one.
+        declared = declared_size(data, algorithm)
+        if declared is None:
+            raise CorruptSnapshot(f"section {name!r}: {algorithm} frame does not declare its content size")
+        if declared > limit:
+            msg = f"section {name!r}: {algorithm} frame declares {declared} bytes, above the limit of {limit} bytes"
+            raise DecompressionLimitExceeded(msg)
+    out = decompress(data, algorithm, max_size=limit)
     if recorded is not None and len(out) != int(recorded):
         raise CorruptSnapshot(f"section {section.name!r}: {len(out)} bytes after decompression, recorded {recorded}")
     return out

@@ -80,7 +80,7 @@ Pieces = list[bytes | memoryview]
 
 
 def iter_encode(
-    value: Any, codec: str = "msgpack", *, where: str = "value", slice_items: int = SLICE_ITEMS
+    value: Any, codec: str = "msgpack", *, where: str = "value", slice_items: int | None = None
 ) -> Generator[None, None, tuple[Pieces, str | None]]:
     """Encode ``value``, yielding between slices of a large dict or list; returns (pieces, slice table).
 
@@ -91,6 +91,7 @@ def iter_encode(
     (``"offset:count;..."``) lets :func:`decode` decode the payload slice by
     slice. Other codecs and small values are encoded in one step, one piece.
     """
+    slice_items = slice_items or SLICE_ITEMS
     is_map = isinstance(value, dict)
     if codec != "msgpack" or not (is_map or isinstance(value, list)) or len(value) < SLICE_MIN_SLICES * slice_items:
         return [encode(value, codec, where=where)], None
@@ -230,7 +231,7 @@ def decode_untyped(data: bytes | memoryview, codec: str = "msgpack", *, where: s
         return bytes(data)
     try:
         return (msgspec.json if codec == "json" else msgspec.msgpack).decode(data)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise EncodingError(f"{where}: not valid {codec} data: {exc}") from exc
 
 
@@ -273,7 +274,7 @@ def decode(
             return _decoder(codec, tp).decode(data)
     except msgspec.ValidationError:
         return convert(decode_untyped(data, codec, where=where), tp, where=where, codec=codec)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise EncodingError(f"{where}: not valid {codec} data: {exc}") from exc
     except TypeError as exc:  # an unsupported declared type
         raise EncodingError(f"{where}: type {tp!r} is not supported by msgspec: {exc}") from exc

@@ -12,8 +12,9 @@ from .errors import CorruptSnapshot, DecompressionLimitExceeded, StateTransferEr
 __all__ = ["ALGORITHMS", "DEFAULT_MAX_SIZE", "compress", "declared_size", "decompress"]
 
 ALGORITHMS = ("zstd", "lz4", "none")
-#: Upper bound on any decompressed section when the caller gives none (4 GiB).
-DEFAULT_MAX_SIZE = 4 << 30
+#: Output bound of :func:`decompress` when the caller gives none (64 MiB): a bomb without a
+#: declared size fails after at most this much output. Pass ``max_size`` for larger data.
+DEFAULT_MAX_SIZE = 64 << 20
 #: zstd level when none is given: level 1 compresses the reference workload to a smaller
 #: size than level 3 at half the time; hot reload latency depends on it.
 ZSTD_LEVEL = 1
@@ -126,6 +127,10 @@ def decompress(data: bytes | memoryview, algorithm: str = "zstd", max_size: int 
             if not complete:
                 raise CorruptSnapshot("zstd data is truncated")
             return out
+        declared_lz4 = declared_size(data, "lz4")
+        if declared_lz4 is not None and declared_lz4 > max_size:
+            msg = f"lz4 frame declares {declared_lz4} bytes, above the limit of {max_size} bytes"
+            raise DecompressionLimitExceeded(msg)
         lz4ctx = lz4.frame.LZ4FrameDecompressor()
         expanded: bytes = lz4ctx.decompress(data, max_length=max_size + 1)
         if len(expanded) > max_size:

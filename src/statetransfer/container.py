@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
@@ -38,6 +39,7 @@ FORMAT_VERSION = (1, 0)
 _PREFIX = struct.Struct(">8sBBHI")  # magic, major, minor, flags, header length
 _TRAILER = struct.Struct(">8sQ32s")  # end magic, total length, sha256(prefix + header)
 MAX_HEADER = 64 << 20
+_SIGNATURE = re.compile(r"\Ahmac-sha256:[0-9a-f]{64}\Z")
 
 
 class SectionHeader(msgspec.Struct, forbid_unknown_fields=False):
@@ -114,13 +116,15 @@ def decode_header(data: bytes | memoryview) -> SnapshotHeader:
     """Decode a header written by :func:`encode_header`; :class:`CorruptSnapshot` if malformed."""
     try:
         header = _header_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
         raise _corrupt(f"header does not decode: {exc}") from exc
     names = [s.name for s in header.sections]
     if len(set(names)) != len(names):
         raise _corrupt("a section name appears twice")
     if any(s.length < 0 for s in header.sections):
         raise _corrupt("negative section length")
+    if header.signature is not None and not _SIGNATURE.match(header.signature):
+        raise _corrupt(f"malformed signature {header.signature[:80]!r}")
     return header
 
 

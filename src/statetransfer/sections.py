@@ -5,13 +5,16 @@ from __future__ import annotations
 import msgspec
 
 from .codecs import Pieces
-from .compression import DEFAULT_MAX_SIZE, compress, declared_size, decompress
+from .compression import compress, declared_size, decompress
 from .crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data
 from .errors import CorruptSnapshot, DecompressionLimitExceeded, MissingKey
 from .model import StateSection
 
-__all__ = ["COMPRESS_MIN_SIZE", "SEALED_IN", "pack_section", "reseal_section", "unpack_section"]
+__all__ = ["COMPRESS_MIN_SIZE", "SEALED_IN", "SECTION_MAX_SIZE", "pack_section", "reseal_section", "unpack_section"]
 
+#: Largest decoded section accepted by default (4 GiB). Compressed sections must declare their
+#: size in the frame, so a larger claim is refused before anything is allocated.
+SECTION_MAX_SIZE = 4 << 30
 #: Payloads smaller than this are not worth compressing.
 COMPRESS_MIN_SIZE = 256
 
@@ -64,7 +67,7 @@ def unpack_section(
     snapshot_id: str,
     plugin_id: str,
     keyring: Keyring | None = None,
-    max_size: int = DEFAULT_MAX_SIZE,
+    max_size: int = SECTION_MAX_SIZE,
 ) -> bytes:
     """Decrypt then decompress a stored section back to its encoded payload.
 

@@ -13,6 +13,8 @@ import abc
 import asyncio
 import contextlib
 import datetime
+import hashlib
+import hmac
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -27,7 +29,7 @@ from ..model import StateCreationReason, StateSection, StateSnapshot
 
 __all__ = ["PruneReport", "SnapshotInfo", "SnapshotStore", "VerifyReport", "check_id"]
 
-MANIFEST_MAGIC = b"STMF\x01\n"
+MANIFEST_MAGIC = b"STMF\x02\n"
 #: Snapshots with at least this many bytes of sections are hashed in a worker thread.
 _THREAD_ABOVE = 1 << 20
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
@@ -161,7 +163,7 @@ class SnapshotStore(abc.ABC):
         check_id(snapshot.plugin_id, "plugin id")
         large = sum(len(s.data) for s in snapshot.sections.values()) >= _THREAD_ABOVE
         parsed = await asyncio.to_thread(build_header, snapshot) if large else build_header(snapshot)
-        manifest = MANIFEST_MAGIC + header_bytes(parsed)
+        manifest = _manifest_bytes(parsed)
         payloads = [sec.data for sec in snapshot.sections.values()]
         async with self._shared():
             for sh, payload in zip(parsed.sections, payloads, strict=True):
@@ -342,10 +344,20 @@ class SnapshotStore(abc.ABC):
         return len(orphans)
 
 
+def _manifest_bytes(header: SnapshotHeader) -> bytes:
+    """A manifest: magic, SHA-256 of the header bytes, the header (the container's, without section data)."""
+    body = header_bytes(header)
+    return MANIFEST_MAGIC + hashlib.sha256(body).digest() + body
+
+
 def _parse_manifest(data: bytes, snapshot_id: str) -> SnapshotHeader:
     if not data.startswith(MANIFEST_MAGIC):
         raise CorruptSnapshot(f"manifest of {snapshot_id!r} has wrong magic bytes")
-    header = decode_header(memoryview(data)[len(MANIFEST_MAGIC) :])
+    start = len(MANIFEST_MAGIC) + 32
+    view = memoryview(data)
+    if len(data) < start or not hmac.compare_digest(hashlib.sha256(view[start:]).digest(), view[start - 32 : start]):
+        raise ChecksumMismatch(f"manifest of {snapshot_id!r} is damaged (digest mismatch)")
+    header = decode_header(view[start:])
     if header.id != snapshot_id:
         raise CorruptSnapshot(f"manifest stored as {snapshot_id!r} describes snapshot {header.id!r}")
     return header

@@ -1,0 +1,1 @@
+"""Fuzzing and fault campaigns for statetransfer (see fuzz/README.md)."""

@@ -1,0 +1,30 @@
+"""Write the seed corpus for the atheris harness: one file per snapshot and manifest kind.
+
+Run: ``python fuzz/make_corpus.py [DIR]`` (default ``fuzz/corpus``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fuzz.targets import seed_manifests, seed_snapshots
+
+# The first byte of each corpus file selects the target in fuzz_loads.py.
+SNAPSHOT, SIGNED, MANIFEST = b"s", b"S", b"m"
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).with_name("corpus"))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (data, signed) in seed_snapshots().items():
+        (out / f"snapshot-{name}").write_bytes((SIGNED if signed else SNAPSHOT) + data)
+    for name, data in seed_manifests().items():
+        (out / f"manifest-{name}").write_bytes(MANIFEST + data)
+    print(f"wrote {len(list(out.iterdir()))} seeds to {out}")
+
+
+if __name__ == "__main__":
+    main()

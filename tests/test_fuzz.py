@@ -1,0 +1,112 @@
+"""Hostile input in the normal test suite: bounded, hypothesis-driven versions of the fuzz campaigns."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+import pytest
+from fuzz.mutate import HOSTILE_VALUES, MANIFEST_BODY, header_of, reframe
+from fuzz.targets import check_manifest, check_snapshot, seed_manifests, seed_snapshots
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+import statetransfer as st
+
+SNAPSHOTS = seed_snapshots()
+MANIFESTS = seed_manifests()
+ORIGINALS = {name: st.loads(data) for name, (data, _) in SNAPSHOTS.items()}
+
+
+def test_seeds_are_accepted():
+    """Every seed is read, opened, decoded and imported without error."""
+    for data, signed in SNAPSHOTS.values():
+        check_snapshot(data, signed=signed)
+    for data in MANIFESTS.values():
+        check_manifest(data)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(hs.sampled_from(sorted(SNAPSHOTS)), hs.data())
+def test_raw_mutations_always_detected(name, data):
+    """Flipped, inserted or deleted bytes anywhere in any kind of snapshot raise StateTransferError."""
+    raw, signed = SNAPSHOTS[name]
+    mutated = bytearray(raw)
+    for _ in range(data.draw(hs.integers(1, 4))):
+        pos = data.draw(hs.integers(0, len(mutated) - 1))
+        op = data.draw(hs.sampled_from(["flip", "insert", "delete"]))
+        if op == "flip":
+            mutated[pos] ^= data.draw(hs.integers(1, 255))
+        elif op == "insert":
+            mutated[pos:pos] = data.draw(hs.binary(min_size=1, max_size=8))
+        else:
+            del mutated[pos]
+    if bytes(mutated) == raw:
+        return
+    with pytest.raises(st.StateTransferError):
+        check_snapshot(bytes(mutated), signed=signed)
+
+
+def _set_random_field(doc, data):
+    spots = []
+
+    def visit(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                spots.append((node, k))
+                visit(v)
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                spots.append((node, i))
+                visit(v)
+
+    visit(doc)
+    parent, key = data.draw(hs.sampled_from(spots))
+    parent[key] = data.draw(hs.sampled_from(HOSTILE_VALUES))
+    return doc
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(hs.sampled_from(sorted(SNAPSHOTS)), hs.data())
+def test_hostile_header_fields(name, data):
+    """A header field set to a hostile value (framing recomputed) is detected, or changes nothing."""
+    raw, signed = SNAPSHOTS[name]
+    doc = _set_random_field(msgspec.msgpack.decode(header_of(raw)), data)
+    forged = reframe(raw, msgspec.msgpack.encode(doc))
+    try:
+        result = check_snapshot(forged, signed=signed)
+    except st.StateTransferError:
+        return
+    assert result == ORIGINALS[name]
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(hs.sampled_from(sorted(MANIFESTS)), hs.data())
+def test_hostile_manifests(name, data):
+    """Damaged manifests (raw flips, or hostile fields with the digest recomputed) raise StateTransferError."""
+    raw = MANIFESTS[name]
+    if data.draw(hs.booleans()):
+        mutated = bytearray(raw)
+        mutated[data.draw(hs.integers(0, len(raw) - 1))] ^= data.draw(hs.integers(1, 255))
+        with pytest.raises(st.StateTransferError):
+            check_manifest(bytes(mutated))
+        return
+    body = msgspec.msgpack.encode(_set_random_field(msgspec.msgpack.decode(raw[MANIFEST_BODY:]), data))
+    forged = raw[:6] + hashlib.sha256(body).digest() + body
+    try:
+        check_manifest(forged)
+    except st.StateTransferError:
+        return
+    from statetransfer.container import decode_header
+
+    assert decode_header(body) == decode_header(raw[MANIFEST_BODY:])
+
+
+def test_mutation_campaign_runs():
+    """A short run of the mutation campaign finds no accepted or escaping mutation."""
+    from fuzz.mutate import campaign
+
+    result = campaign(2000, seed=7)
+    total = result["by_kind"]["total"]
+    assert total.get("other", 0) == 0 and total.get("accepted", 0) == 0, result["examples"]
+    assert total["detected"] > 1900

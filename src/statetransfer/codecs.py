@@ -109,20 +109,22 @@ def _encode_slices(
     items = iter(value.items()) if is_map else None
     for start in range(0, len(value), slice_items):
         if items is not None:
-            try:
-                part: Any = dict(itertools.islice(items, slice_items))
+            try:  # a flat [k1, v1, k2, v2, ...] list encodes to exactly a map's body, and is cheaper than a dict
+                part: Any = list(itertools.chain.from_iterable(itertools.islice(items, slice_items)))
             except RuntimeError:  # the dict changed size between slices: encode it whole, in one step
                 return [encode(value, codec, where=where)], None
+            n = len(part) // 2
         else:
             part = value[start : start + slice_items]
+            n = len(part)
         if not part:
             break
         piece = encode(part, codec, where=where)
         body = memoryview(piece)[_header_size(piece[0]) :]
-        table.append(f"{offset}:{len(part)}")
+        table.append(f"{offset}:{n}")
         pieces.append(body)
         offset += len(body)
-        count += len(part)
+        count += n
         yield
     pieces.insert(0, _MAP32.pack(0xDF if is_map else 0xDD, count))
     return pieces, ";".join(table)

@@ -40,7 +40,8 @@ def _peak_rss_mb() -> float:
             lambda: zstandard.ZstdCompressor(write_content_size=False).compress(b"\0" * (256 << 20)),
             id="zstd-undeclared",
         ),
-        pytest.param("lz4", lambda: lz4.frame.compress(b"\0" * (256 << 20)), id="lz4"),
+        pytest.param("lz4", lambda: lz4.frame.compress(b"\0" * (256 << 20)), id="lz4-declared"),
+        pytest.param("lz4", lambda: lz4.frame.compress(b"\0" * (256 << 20), store_size=False), id="lz4-undeclared"),
     ],
 )
 def test_bomb_fails_fast(algorithm, make):
@@ -140,3 +141,11 @@ def test_non_ascii_digits_in_original_size():
     with pytest.raises(st.CorruptSnapshot, match="not a byte count"):
         unpack_section(st.StateSection("s", 1, b"x", False, None, {"original_size": "²"}), snapshot_id="x",
                        plugin_id="p")  # fmt: skip
+
+
+def test_truncated_lz4_is_corrupt():
+    """An lz4 frame cut short is a CorruptSnapshot (also when output arrives in pieces)."""
+    data = lz4.frame.compress(bytes(range(256)) * 100_000, store_size=False)
+    with pytest.raises(st.CorruptSnapshot, match="truncated"):
+        st.decompress(data[: len(data) // 2], "lz4", max_size=64 << 20)
+    assert st.decompress(data, "lz4", max_size=64 << 20) == bytes(range(256)) * 100_000

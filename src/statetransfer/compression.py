@@ -79,6 +79,25 @@ def declared_size(data: bytes | memoryview, algorithm: str) -> int | None:
     return size or None
 
 
+def _lz4_bounded(data: bytes | memoryview, limit: int) -> bytes:
+    """Decompress an lz4 frame in pieces, failing as soon as the output passes ``limit`` (never joined then)."""
+    lz4ctx = lz4.frame.LZ4FrameDecompressor()
+    parts: list[bytes] = []
+    total = 0
+    chunk: bytes = lz4ctx.decompress(data, max_length=min(_READ_CHUNK, limit + 1))
+    while True:
+        parts.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise DecompressionLimitExceeded(f"lz4 data expands beyond the limit of {limit} bytes")
+        if lz4ctx.eof:
+            break
+        if lz4ctx.needs_input:
+            raise CorruptSnapshot("lz4 data is truncated")
+        chunk = lz4ctx.decompress(b"", max_length=min(_READ_CHUNK, limit + 1 - total))
+    return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
 def _bounded_read(reader: zstandard.ZstdDecompressionReader, limit: int) -> bytes:
     parts: list[bytes] = []
     total = 0
@@ -131,13 +150,7 @@ def decompress(data: bytes | memoryview, algorithm: str = "zstd", max_size: int 
         if declared_lz4 is not None and declared_lz4 > max_size:
             msg = f"lz4 frame declares {declared_lz4} bytes, above the limit of {max_size} bytes"
             raise DecompressionLimitExceeded(msg)
-        lz4ctx = lz4.frame.LZ4FrameDecompressor()
-        expanded: bytes = lz4ctx.decompress(data, max_length=max_size + 1)
-        if len(expanded) > max_size:
-            raise DecompressionLimitExceeded(f"lz4 data expands beyond the limit of {max_size} bytes")
-        if not lz4ctx.eof:
-            raise CorruptSnapshot("lz4 data is truncated")
-        return expanded
+        return _lz4_bounded(data, max_size)
     except (zstandard.ZstdError, RuntimeError, ValueError, OverflowError, MemoryError) as exc:
         msg = f"{algorithm} data is corrupt: {exc}"
         raise CorruptSnapshot(msg) from exc

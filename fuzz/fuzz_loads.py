@@ -3,7 +3,7 @@
 Set up: ``pip install atheris && python fuzz/make_corpus.py``; run:
 ``python fuzz/fuzz_loads.py fuzz/corpus -max_total_time=600`` (libFuzzer flags).
 The first input byte picks the target: ``s`` a snapshot, ``S`` a signed
-snapshot (verified), ``m`` a store manifest. Any exception other than a
+snapshot (verified), ``m`` a store manifest, ``M`` a signed one (verified). Any exception other than a
 ``StateTransferError`` is reported by atheris as a crash, with the input saved.
 """
 
@@ -26,8 +26,8 @@ def test_one_input(data: bytes) -> None:
         return
     kind, body = data[:1], data[1:]
     try:
-        if kind == b"m":
-            check_manifest(body)
+        if kind in (b"m", b"M"):
+            check_manifest(body, signed=kind == b"M")
         else:
             check_snapshot(body, signed=kind == b"S")
     except st.StateTransferError:

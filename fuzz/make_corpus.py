@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fuzz.targets import seed_manifests, seed_snapshots
 
 # The first byte of each corpus file selects the target in fuzz_loads.py.
-SNAPSHOT, SIGNED, MANIFEST = b"s", b"S", b"m"
+SNAPSHOT, SIGNED, MANIFEST, SIGNED_MANIFEST = b"s", b"S", b"m", b"M"
 
 
 def main() -> None:
@@ -21,8 +21,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, (data, signed) in seed_snapshots().items():
         (out / f"snapshot-{name}").write_bytes((SIGNED if signed else SNAPSHOT) + data)
+    signed = {name for name, (_, is_signed) in seed_snapshots().items() if is_signed}
     for name, data in seed_manifests().items():
-        (out / f"manifest-{name}").write_bytes(MANIFEST + data)
+        (out / f"manifest-{name}").write_bytes((SIGNED_MANIFEST if name in signed else MANIFEST) + data)
     print(f"wrote {len(list(out.iterdir()))} seeds to {out}")
 
 

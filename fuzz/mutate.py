@@ -173,7 +173,8 @@ def campaign(count: int, seed: int) -> dict[str, object]:
                 mutated = kinds[kind](rng, data)
             if mutated == data:
                 continue
-            outcome, detail = classify(lambda m=mutated: check_manifest(m), None)
+            signed = snapshots[name][1]
+            outcome, detail = classify(lambda m=mutated, s=signed: check_manifest(m, signed=s), None)
             if outcome == "accepted" and _same_manifest(mutated, data):
                 outcome = "equivalent"
             target = f"manifest/{name}"
@@ -182,7 +183,7 @@ def campaign(count: int, seed: int) -> dict[str, object]:
         if outcome in ("other", "accepted") and len(examples[outcome]) < 20:
             examples[outcome].append(f"{target} {kind} #{i}: {detail}")
         if (i + 1) % 10_000 == 0:
-            print(f"  {i + 1} mutations, {dict(counts['total'])}, {time.perf_counter() - started:.0f} s", flush=True)
+            print(f"  {i + 1} mutations, {dict(counts['total'])}, {time.perf_counter() - started:.1f} s", flush=True)
     return {
         "count": count,
         "seed": seed,
@@ -216,7 +217,7 @@ def main() -> int:
     args = parser.parse_args()
     result = campaign(args.count, args.seed)
     total = result["by_kind"]["total"]  # type: ignore[index]
-    print(f"mutations tried: {sum(total.values())} in {result['seconds']:.0f} s")
+    print(f"mutations tried: {sum(total.values())} in {result['seconds']:.1f} s")
     for kind, c in sorted(result["by_kind"].items()):  # type: ignore[attr-defined]
         print(f"  {kind:24} " + "  ".join(f"{k} {v}" for k, v in sorted(c.items())))
     for outcome, lines in result["examples"].items():  # type: ignore[attr-defined]

@@ -60,9 +60,9 @@ def check_snapshot(data: bytes, *, signed: bool = False) -> st.StateSnapshot:
     return snap
 
 
-def check_manifest(data: bytes, snapshot_id: str = "fuzz-seed") -> None:
-    """What a store does with a manifest it reads back."""
-    _verify_manifest(_parse_manifest(data, snapshot_id))
+def check_manifest(data: bytes, snapshot_id: str = "fuzz-seed", *, signed: bool = False) -> None:
+    """What a store does with a manifest it reads back (``get(..., verify_key=...)`` for signed ones)."""
+    _verify_manifest(_parse_manifest(data, snapshot_id), SIGN_KEY if signed else None)
 
 
 @contextlib.contextmanager
@@ -137,7 +137,10 @@ def seed_manifests() -> dict[str, bytes]:
         out = {}
         for name, snap in snapshots.items():
             store = st.open_store("memory://")
-            await store.put(_with(msgspec.structs.replace(snap, id="fuzz-seed")))
+            renamed = _with(msgspec.structs.replace(snap, id="fuzz-seed"))
+            if snap.signature:
+                renamed = st.sign(renamed, SIGN_KEY)
+            await store.put(renamed)
             out[name] = await store._get_manifest("fuzz-seed")  # type: ignore[attr-defined]
         return out
 

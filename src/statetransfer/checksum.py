@@ -153,8 +153,10 @@ def _check_key(key: bytes) -> None:
         raise StateTransferError(msg)
 
 
-def _mac(snapshot: StateSnapshot, key: bytes, digests: Mapping[str, bytes] | None) -> str:
-    tag = hmac.new(bytes(key), canonical_bytes(snapshot, digests), hashlib.sha256).hexdigest()
+def _mac(
+    snapshot: StateSnapshot, key: bytes, digests: Mapping[str, bytes] | None, lengths: Mapping[str, int] | None = None
+) -> str:
+    tag = hmac.new(bytes(key), canonical_bytes(snapshot, digests, lengths), hashlib.sha256).hexdigest()
     return f"{SIGNATURE_ALGORITHM}:{tag}"
 
 
@@ -177,12 +179,18 @@ def sign(snapshot: StateSnapshot, key: bytes) -> StateSnapshot:
     )
 
 
-def verify_signature(snapshot: StateSnapshot, key: bytes, *, digests: Mapping[str, bytes] | None = None) -> None:
+def verify_signature(
+    snapshot: StateSnapshot,
+    key: bytes,
+    *,
+    digests: Mapping[str, bytes] | None = None,
+    lengths: Mapping[str, int] | None = None,
+) -> None:
     """Raise :class:`ChecksumMismatch` unless ``snapshot`` carries a valid signature by ``key``."""
     _check_key(key)
     if not snapshot.signature:
         msg = f"snapshot {snapshot.id!r} is not signed, and a verify key was given"
         raise ChecksumMismatch(msg)
-    if not hmac.compare_digest(_mac(snapshot, key, digests), snapshot.signature):
+    if not hmac.compare_digest(_mac(snapshot, key, digests, lengths), snapshot.signature):
         msg = f"snapshot {snapshot.id!r} has a bad signature: tampered with, or signed with another key"
         raise ChecksumMismatch(msg)

@@ -21,7 +21,7 @@ import msgspec
 import pytest
 
 from . import codecs
-from .checksum import calculate_checksum
+from .checksum import calculate_checksum, sign
 from .container import dumps, loads
 from .errors import ChecksumMismatch, ImportFailed, SnapshotNotFound, StateTransferError, StoreError
 from .migrations import find_path
@@ -203,6 +203,17 @@ class StoreContract:
         assert info.id == "s1" and info.plugin_id == "plugin" and info.reason == StateCreationReason.BACKUP
         assert info.size >= sum(len(s.data) for s in snap.sections.values())
         assert await store.get("s1") == snap
+
+    async def test_get_verifies_signature(self, store: SnapshotStore) -> None:
+        """get(verify_key=...) returns signed snapshots and refuses unsigned or wrongly signed ones."""
+        key = b"k" * 32
+        await store.put(sign(make_snapshot("signed"), key))
+        await store.put(make_snapshot("unsigned"))
+        assert (await store.get("signed", verify_key=key)).signature
+        with pytest.raises(ChecksumMismatch, match="not signed"):
+            await store.get("unsigned", verify_key=key)
+        with pytest.raises(ChecksumMismatch, match="bad signature"):
+            await store.get("signed", verify_key=b"o" * 32)
 
     async def test_get_missing(self, store: SnapshotStore) -> None:
         """get of an absent id raises SnapshotNotFound, which is also a KeyError."""

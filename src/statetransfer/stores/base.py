@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from ..checksum import section_digest, verify_checksum
+from ..checksum import section_digest, verify_checksum, verify_signature
 from ..container import SnapshotHeader, assemble, build_header, decode_header, header_bytes
 from ..errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StateTransferError, StoreError
 from ..model import StateCreationReason, StateSection, StateSnapshot
@@ -173,14 +173,21 @@ class SnapshotStore(abc.ABC):
             await self._put_manifest(snapshot.id, manifest)
         return _info(parsed, len(manifest))
 
-    async def get(self, snapshot_id: str) -> StateSnapshot:
+    async def get(self, snapshot_id: str, *, verify_key: bytes | None = None) -> StateSnapshot:
         """The snapshot with ``snapshot_id``, every section verified.
+
+        Args:
+            snapshot_id: which snapshot.
+            verify_key: when given, the snapshot must carry a valid HMAC
+                signature by this key (checked before any blob is read).
 
         Raises:
             SnapshotNotFound: no such snapshot.
-            ChecksumMismatch: a stored section or the manifest is damaged.
+            ChecksumMismatch: a stored section or the manifest is damaged, or the signature is bad/missing.
         """
         header = await self._header(snapshot_id)
+        if verify_key is not None:
+            _verify_manifest(header, verify_key)
         payloads = []
         for sh in header.sections:
             try:
@@ -189,8 +196,8 @@ class SnapshotStore(abc.ABC):
                 msg = f"snapshot {snapshot_id!r} is damaged: blob of section {sh.name!r} is missing"
                 raise ChecksumMismatch(msg) from None
         if sum(map(len, payloads)) >= _THREAD_ABOVE:
-            return await asyncio.to_thread(assemble, header, payloads)
-        return assemble(header, payloads)
+            return await asyncio.to_thread(assemble, header, payloads, verify_key=verify_key)
+        return assemble(header, payloads, verify_key=verify_key)
 
     async def info(self, snapshot_id: str) -> SnapshotInfo:
         """What :meth:`list` says about one snapshot."""
@@ -363,21 +370,21 @@ def _parse_manifest(data: bytes, snapshot_id: str) -> SnapshotHeader:
     return header
 
 
-def _verify_manifest(header: SnapshotHeader) -> None:
-    """Check a manifest's checksum from its recorded section digests, without reading blobs."""
+def _verify_manifest(header: SnapshotHeader, verify_key: bytes | None = None) -> None:
+    """Check a manifest's checksum (and signature, given the key) from its section digests, without reading blobs."""
     sections = {
         sh.name: StateSection(sh.name, sh.schema_version, b"", sh.compressed, sh.encryption, sh.metadata)
         for sh in header.sections
     }
     skeleton = StateSnapshot(
         header.id, header.plugin_id, header.plugin_version, header.schema_version,
-        header.timestamp, sections, header.metadata, header.checksum, header.created_ns,
+        header.timestamp, sections, header.metadata, header.checksum, header.created_ns, header.signature,
     )  # fmt: skip
-    verify_checksum(
-        skeleton,
-        digests={sh.name: sh.digest for sh in header.sections},
-        lengths={sh.name: sh.length for sh in header.sections},
-    )
+    digests = {sh.name: sh.digest for sh in header.sections}
+    lengths = {sh.name: sh.length for sh in header.sections}
+    verify_checksum(skeleton, digests=digests, lengths=lengths)
+    if verify_key is not None:
+        verify_signature(skeleton, verify_key, digests=digests, lengths=lengths)
 
 
 def _info(header: SnapshotHeader, manifest_size: int) -> SnapshotInfo:

@@ -75,11 +75,16 @@ async def main() -> None:
     data = st.dumps(snapshot)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        base = [plain_file_round_trip(tmp / "plain.bin", data) for _ in range(repeats)]
-        rows = [("plain file write+fsync+read", statistics.median(base))]
-        for name, url in (("file://", f"file://{tmp}/fs"), ("sqlite://", f"sqlite://{tmp}/db.sqlite")):
-            times = [await store_round_trip(url, snapshot) for _ in range(repeats)]
-            rows.append((f"{name} put+get", statistics.median(times)))
+        runs: dict[str, list[float]] = {
+            "plain file write+fsync+read": [],
+            "file:// put+get": [],
+            "sqlite:// put+get": [],
+        }
+        for _ in range(repeats):  # interleaved, so drifting disk conditions hit every case alike
+            runs["plain file write+fsync+read"].append(plain_file_round_trip(tmp / "plain.bin", data))
+            runs["file:// put+get"].append(await store_round_trip(f"file://{tmp}/fs", snapshot))
+            runs["sqlite:// put+get"].append(await store_round_trip(f"sqlite://{tmp}/db.sqlite", snapshot))
+        rows = [(label, statistics.median(times)) for label, times in runs.items()]
         baseline = rows[0][1]
         print(f"{size} MB snapshot, median of {repeats}")
         for label, secs in rows:

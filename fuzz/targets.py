@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import msgspec
 
 import statetransfer as st
-from statetransfer import codecs, crypto
+from statetransfer import codecs, crypto, sections
 from statetransfer.sections import unpack_section
 from statetransfer.stores.base import _parse_manifest, _verify_manifest
 
@@ -67,17 +67,17 @@ def check_manifest(data: bytes, snapshot_id: str = "fuzz-seed", *, signed: bool 
 
 @contextlib.contextmanager
 def _small_slices() -> Iterator[None]:
-    """Make sliced encoding kick in on a small seed (the slice table travels in the section metadata).
+    """Make sliced encoding and multi-frame compression kick in on a small seed (both tables travel in metadata).
 
     Encryption chunks are not shrunk the same way: their 16 MiB size is fixed
     by the format, so a seed sealed with smaller chunks would not be a valid snapshot.
     """
-    saved = (codecs.SLICE_ITEMS, codecs.SLICE_MIN_SLICES)
-    codecs.SLICE_ITEMS, codecs.SLICE_MIN_SLICES = 8, 2
+    saved = (codecs.SLICE_ITEMS, codecs.SLICE_MIN_SLICES, sections.FRAME_MIN)
+    codecs.SLICE_ITEMS, codecs.SLICE_MIN_SLICES, sections.FRAME_MIN = 8, 2, 64
     try:
         yield
     finally:
-        codecs.SLICE_ITEMS, codecs.SLICE_MIN_SLICES = saved
+        codecs.SLICE_ITEMS, codecs.SLICE_MIN_SLICES, sections.FRAME_MIN = saved
 
 
 def _plugin(entries: int) -> FuzzPlugin:
@@ -122,7 +122,7 @@ def seed_snapshots() -> dict[str, tuple[bytes, bool]]:
             "chacha": (st.dumps(_reseal(base, "secrets", "ChaCha20-Poly1305")), False),
             "signed": (st.dumps(st.sign(base, SIGN_KEY)), True),
             "uncompressed": (st.dumps(_with(base, raw_cache, drop=("secrets",))), False),
-            "sliced": (st.dumps(sliced), False),
+            "sliced+frames": (st.dumps(sliced), False),
             "needs-migration": (st.dumps(_with(base, v1)), False),
         }
 

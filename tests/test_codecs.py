@@ -76,13 +76,13 @@ def test_unencodable_value():
 
 
 def _drain(gen):
-    yields = 0
+    """All pieces of an iter_pieces generator, and its slice table."""
+    pieces = []
     while True:
         try:
-            next(gen)
+            pieces.append(next(gen))
         except StopIteration as done:
-            return done.value, yields
-        yields += 1
+            return pieces, done.value
 
 
 @pytest.mark.parametrize("kind", ["dict", "list"])
@@ -90,9 +90,9 @@ def test_sliced_encoding_round_trip(kind):
     """A large dict/list is encoded in slices into one valid msgpack value; slice-wise decode gives it back."""
     value = {f"k{i}": [i] for i in range(1000)} if kind == "dict" else [[i, str(i)] for i in range(1000)]
     tp = dict[str, list[int]] if kind == "dict" else list[tuple[int, str]]
-    (pieces, table), yields = _drain(codecs.iter_encode(value, "msgpack", slice_items=100))
+    pieces, table = _drain(codecs.iter_pieces(value, "msgpack", slice_items=100))
     payload = b"".join(pieces)
-    assert yields == 10 and table.count(";") == 9  # 1000 items >= SLICE_MIN_SLICES slices of 100
+    assert len(pieces) == 11 and table.count(";") == 9  # the header, then 10 slices of 100
     assert msgspec.msgpack.decode(payload) == msgspec.msgpack.decode(codecs.encode(value))
     decoded = codecs.decode(bytes(payload), tp, slices=table)
     assert decoded == (value if kind == "dict" else [tuple(v) for v in value])
@@ -100,28 +100,33 @@ def test_sliced_encoding_round_trip(kind):
         assert st.decompress(st.compress(pieces, algorithm), algorithm) == payload
 
 
-def test_dict_resized_between_slices_falls_back_to_one_step():
-    """A dict that changes size between slices is encoded whole (consistent), without a slice table."""
+@pytest.mark.parametrize("grow", [True, False])
+def test_resized_between_slices(grow):
+    """A dict that changes size between slices raises Resized (the caller then encodes it whole)."""
     value = {i: i for i in range(1000)}
-    gen = codecs.iter_encode(value, "msgpack", slice_items=100)
+    gen = codecs.iter_pieces(value, "msgpack", slice_items=100)
     next(gen)
-    value[5000] = 1  # a change made between slices, outside the state lock
-    (pieces, table), _ = _drain(gen)
-    assert table is None and msgspec.msgpack.decode(b"".join(pieces)) == value
+    next(gen)
+    if grow:
+        value[5000] = 1
+    else:
+        del value[999]
+    with pytest.raises(codecs.Resized):
+        _drain(gen)
 
 
 def test_small_values_are_not_sliced():
     """Small values and non-msgpack codecs encode in one step, without a slice table."""
-    (pieces, table), yields = _drain(codecs.iter_encode({"a": 1}, "msgpack", slice_items=100))
-    assert table is None and yields == 0 and pieces == [codecs.encode({"a": 1})]
-    (_, table), _ = _drain(codecs.iter_encode(list(range(1000)), "json", slice_items=10))
+    pieces, table = _drain(codecs.iter_pieces({"a": 1}, "msgpack", slice_items=100))
+    assert table is None and pieces == [codecs.encode({"a": 1})]
+    _, table = _drain(codecs.iter_pieces(list(range(1000)), "json", slice_items=10))
     assert table is None
 
 
 @pytest.mark.parametrize("table", ["x", "5:10;abc", "5:10:3", "999999:1", "3:1"])
 def test_hostile_slice_table(table):
     """A malformed or out-of-range slice table is an EncodingError, never an IndexError or ValueError."""
-    (pieces, _), _ = _drain(codecs.iter_encode(list(range(500)), "msgpack", slice_items=100))
+    pieces, _ = _drain(codecs.iter_pieces(list(range(500)), "msgpack", slice_items=100))
     with pytest.raises(EncodingError):
         codecs.decode(b"".join(pieces), list[int], slices=table)
 
@@ -130,7 +135,7 @@ def test_slice_type_error_names_path():
     """A type mismatch inside a sliced payload still names the field path."""
     value = {f"k{i}": i for i in range(300)}
     value["k250"] = "oops"
-    (pieces, table), _ = _drain(codecs.iter_encode(value, "msgpack", slice_items=100))
+    pieces, table = _drain(codecs.iter_pieces(value, "msgpack", slice_items=100))
     with pytest.raises(EncodingError, match=r'v\["k250"\]: expected int, got str'):
         codecs.decode(b"".join(pieces), dict[str, int], slices=table, where="v")
 

@@ -121,7 +121,7 @@ def test_section_frame_must_declare_recorded_size(algorithm):
     with pytest.raises(st.CorruptSnapshot, match="does not declare"):
         unpack_section(_section(undeclared, algorithm, "50000"), snapshot_id="x", plugin_id="p")
     honest = st.compress(payload, algorithm)
-    with pytest.raises(st.DecompressionLimitExceeded, match="declares 50000 bytes"):
+    with pytest.raises(st.DecompressionLimitExceeded, match="declare 50000 bytes"):
         unpack_section(_section(honest, algorithm, "49999"), snapshot_id="x", plugin_id="p")
     assert unpack_section(_section(honest, algorithm, "50000"), snapshot_id="x", plugin_id="p") == payload
 
@@ -149,3 +149,26 @@ def test_truncated_lz4_is_corrupt():
     with pytest.raises(st.CorruptSnapshot, match="truncated"):
         st.decompress(data[: len(data) // 2], "lz4", max_size=64 << 20)
     assert st.decompress(data, "lz4", max_size=64 << 20) == bytes(range(256)) * 100_000
+
+
+@pytest.mark.parametrize("algorithm", ["zstd", "lz4"])
+def test_multi_frame_sections(algorithm, monkeypatch):
+    """A section packed in several frames records their lengths, round-trips, and refuses a lying frame table."""
+    import os
+
+    from statetransfer import sections
+
+    monkeypatch.setattr(sections, "FRAME_MIN", 1000)
+    pieces = [bytes([i]) * 3000 + os.urandom(100) for i in range(5)]
+    sec = pack_section("s", 1, pieces, snapshot_id="x", plugin_id="p", compression=algorithm)
+    assert sec.compressed and sec.metadata["frames"].count(",") == 4
+    assert unpack_section(sec, snapshot_id="x", plugin_id="p") == b"".join(pieces)
+    lengths = [int(n) for n in sec.metadata["frames"].split(",")]
+    for table in [",".join(map(str, [lengths[0] + 1, *lengths[1:]])), "abc", "²", ""]:
+        bad = st.StateSection("s", 1, sec.data, True, None, {**sec.metadata, "frames": table})
+        with pytest.raises(st.CorruptSnapshot):
+            unpack_section(bad, snapshot_id="x", plugin_id="p")
+    shifted = ",".join(map(str, [lengths[0] - 3, lengths[1] + 3, *lengths[2:]]))
+    bad = st.StateSection("s", 1, sec.data, True, None, {**sec.metadata, "frames": shifted})
+    with pytest.raises(st.StateTransferError):
+        unpack_section(bad, snapshot_id="x", plugin_id="p")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgspec
 
+from ._workers import pool
 from .errors import ChecksumMismatch, StateTransferError
 from .model import StateSnapshot
 
@@ -37,16 +35,6 @@ _canonical = msgspec.msgpack.Encoder(order="deterministic")
 #: Sections larger than this are hashed as a tree of :data:`TREE_CHUNK` leaves, in parallel.
 TREE_ABOVE = 8 << 20
 TREE_CHUNK = 4 << 20
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    global _pool  # noqa: PLW0603 - one lazily created pool per process
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="st-hash")
-        return _pool
 
 
 def section_digest(data: bytes | bytearray | memoryview) -> bytes:
@@ -62,7 +50,7 @@ def section_digest(data: bytes | bytearray | memoryview) -> bytes:
     if size <= TREE_ABOVE:
         return hashlib.sha256(data).digest()
     view = memoryview(data).cast("B")
-    leaves = _hash_pool().map(
+    leaves = pool().map(
         lambda start: hashlib.sha256(view[start : start + TREE_CHUNK]).digest(), range(0, size, TREE_CHUNK)
     )
     root = hashlib.blake2b(size.to_bytes(8, "big"), digest_size=32, person=b"sttree01")

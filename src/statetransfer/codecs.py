@@ -19,16 +19,18 @@ import msgspec
 
 from .errors import EncodingError
 
-__all__ = ["CODECS", "SLICE_ITEMS", "Pieces", "convert", "decode", "decode_untyped", "encode", "iter_encode"]
+__all__ = ["CODECS", "SLICE_ITEMS", "Pieces", "Resized", "convert", "decode", "decode_untyped", "encode", "iter_pieces"]
 
 CODECS = ("msgpack", "json", "raw")
-#: Items per slice when a large dict or list is encoded piecewise (see :func:`iter_encode`).
+#: Items per slice when a large dict or list is encoded piecewise (see :func:`iter_pieces`).
 SLICE_ITEMS = 65_536
-#: Only values with at least this many slices' worth of items are sliced (smaller ones encode in ~20 ms).
+#: Only values with at least this many slices' worth of items are sliced: below that (about 18 MB)
+#: encoding in one step is faster than slicing, and stalls the event loop for under ~25 ms.
 SLICE_MIN_SLICES = 4
 #: Payloads at least this large are decoded with the cyclic GC paused (decoding builds no cycles).
 _GC_PAUSE_ABOVE = 1 << 20
 _MAP32 = struct.Struct(">BI")
+Pieces = list[bytes | memoryview]
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _json_encoder = msgspec.json.Encoder()
 _MSG_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
@@ -76,58 +78,63 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-Pieces = list[bytes | memoryview]
+class Resized(Exception):
+    """A sliced dict or list changed size between slices: encode it again, in one step."""
 
 
-def iter_encode(
+def iter_pieces(
     value: Any, codec: str = "msgpack", *, where: str = "value", slice_items: int | None = None
-) -> Generator[None, None, tuple[Pieces, str | None]]:
-    """Encode ``value``, yielding between slices of a large dict or list; returns (pieces, slice table).
+) -> Generator[bytes | memoryview, None, str | None]:
+    """Yield ``value``'s encoding piece by piece; return the slice table (None when not sliced).
 
-    A caller that awaits between ``next()`` calls keeps its event loop
-    responsive while a 100 MB section is encoded. The pieces concatenate to
-    one valid msgpack map/array (a 32-bit length header, then the items) and
-    are never joined here: compression streams over them. The slice table
-    (``"offset:count;..."``) lets :func:`decode` decode the payload slice by
-    slice. Other codecs and small values are encoded in one step, one piece.
+    Large dicts and lists are encoded slice by slice: a caller that awaits
+    between pieces keeps its event loop responsive, and can compress each
+    piece while the next one is encoded. The pieces concatenate to one valid
+    msgpack map/array (a 32-bit length header, then the items); the slice
+    table (``"offset:count;..."``) lets :func:`decode` decode slice by slice.
+    Other codecs and small values come as one piece.
+
+    Raises:
+        Resized: the dict or list changed size between slices (a change made
+            without the state lock); the caller encodes it again in one step.
     """
     slice_items = slice_items or SLICE_ITEMS
     is_map = isinstance(value, dict)
     if codec != "msgpack" or not (is_map or isinstance(value, list)) or len(value) < SLICE_MIN_SLICES * slice_items:
-        return [encode(value, codec, where=where)], None
+        yield encode(value, codec, where=where)
+        return None
     with gc_paused():  # slices are fresh containers: without this, each one can trigger a full-heap collection
         return (yield from _encode_slices(value, is_map, codec, where, slice_items))
 
 
 def _encode_slices(
     value: Any, is_map: bool, codec: str, where: str, slice_items: int
-) -> Generator[None, None, tuple[Pieces, str | None]]:
-    pieces: Pieces = []
+) -> Generator[bytes | memoryview, None, str]:
+    total = len(value)
+    yield _MAP32.pack(0xDF if is_map else 0xDD, total)
     table: list[str] = []
     count = 0
     offset = _MAP32.size
     items = iter(value.items()) if is_map else None
-    for start in range(0, len(value), slice_items):
+    for start in range(0, total, slice_items):
         if items is not None:
             try:  # a flat [k1, v1, k2, v2, ...] list encodes to exactly a map's body, and is cheaper than a dict
                 part: Any = list(itertools.chain.from_iterable(itertools.islice(items, slice_items)))
-            except RuntimeError:  # the dict changed size between slices: encode it whole, in one step
-                return [encode(value, codec, where=where)], None
+            except RuntimeError:
+                raise Resized(where) from None
             n = len(part) // 2
         else:
             part = value[start : start + slice_items]
             n = len(part)
-        if not part:
-            break
         piece = encode(part, codec, where=where)
         body = memoryview(piece)[_header_size(piece[0]) :]
         table.append(f"{offset}:{n}")
-        pieces.append(body)
         offset += len(body)
         count += n
-        yield
-    pieces.insert(0, _MAP32.pack(0xDF if is_map else 0xDD, count))
-    return pieces, ";".join(table)
+        yield body
+    if count != total or len(value) != total:
+        raise Resized(where)
+    return ";".join(table)
 
 
 def _header_size(first: int) -> int:
@@ -260,7 +267,7 @@ def decode(
 ) -> Any:
     """Decode bytes as ``tp``; a mismatch names the field path (``entries["a"][2]: expected int, got str``).
 
-    ``slices`` is the table :func:`iter_encode` returned; with a dict or list
+    ``slices`` is the table :func:`iter_pieces` returned; with a dict or list
     type it lets large payloads decode slice by slice.
     """
     _check_codec(codec)

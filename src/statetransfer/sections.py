@@ -2,21 +2,124 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import msgspec
 
+from ._workers import pool
 from .codecs import Pieces
 from .compression import compress, declared_size, decompress
 from .crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data
 from .errors import CorruptSnapshot, DecompressionLimitExceeded, MissingKey
 from .model import StateSection
 
-__all__ = ["COMPRESS_MIN_SIZE", "SEALED_IN", "SECTION_MAX_SIZE", "pack_section", "reseal_section", "unpack_section"]
+__all__ = [
+    "COMPRESS_MIN_SIZE",
+    "FRAME_MIN",
+    "SEALED_IN",
+    "SECTION_MAX_SIZE",
+    "SectionPacker",
+    "pack_section",
+    "reseal_section",
+    "unpack_section",
+]
 
 #: Largest decoded section accepted by default (4 GiB). Compressed sections must declare their
 #: size in the frame, so a larger claim is refused before anything is allocated.
 SECTION_MAX_SIZE = 4 << 30
+#: Encoded pieces are compressed in frames of at least this many bytes, while encoding goes on.
+FRAME_MIN = 1 << 20
 #: Payloads smaller than this are not worth compressing.
 COMPRESS_MIN_SIZE = 256
+
+
+class SectionPacker:
+    """Builds a stored section from encoded pieces as they arrive.
+
+    Pieces are grouped into frames of at least :data:`FRAME_MIN` bytes and
+    compressed in worker threads while the caller encodes the next pieces, so
+    a large section's encoding and compression overlap. Each frame is a
+    complete zstd/lz4 frame declaring its size; a multi-frame section lists
+    the compressed frame lengths in ``metadata["frames"]``. The section is
+    stored raw when compression does not shrink it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        schema_version: int,
+        *,
+        snapshot_id: str,
+        plugin_id: str,
+        compression: str | None = "zstd",
+        level: int | None = None,
+        keyring: Keyring | None = None,
+        encrypt: bool = False,
+        key_id: str | None = None,
+        algorithm: str = AES_256_GCM,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        if encrypt and keyring is None:
+            raise MissingKey(f"section {name!r} is declared encrypted but the plugin has no keyring", key_id="")
+        self.name = name
+        self.schema_version = schema_version
+        self.binding = Binding(snapshot_id, plugin_id, name, schema_version)
+        self.compression = compression if compression and compression != "none" else None
+        self.level = level
+        self.keyring = keyring
+        self.encrypt = encrypt
+        self.key_id = key_id
+        self.algorithm = algorithm
+        self.metadata = dict(metadata or {})
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every piece added so far (frames already started finish unused)."""
+        self.size = 0
+        self._raw: Pieces = []
+        self._pending: Pieces = []
+        self._pending_size = 0
+        self._frames: list[Future[bytes]] = []
+
+    def add(self, piece: bytes | memoryview) -> None:
+        """Append the next piece of the encoded value."""
+        self._raw.append(piece)
+        self.size += len(piece)
+        if self.compression is None:
+            return
+        self._pending.append(piece)
+        self._pending_size += len(piece)
+        if self._pending_size >= FRAME_MIN:
+            self._frames.append(pool().submit(compress, self._take_pending(), self.compression, level=self.level))
+
+    def _take_pending(self) -> Pieces:
+        pieces, self._pending, self._pending_size = self._pending, [], 0
+        return pieces
+
+    def finish(self) -> StateSection:
+        """The stored section: compressed (when it shrinks), then encrypted. Blocks until frames are done."""
+        meta = dict(self.metadata)
+        meta["original_size"] = str(self.size)
+        data: bytes | None = None
+        compressed = False
+        if self.compression is not None and self.size >= COMPRESS_MIN_SIZE:
+            frames = [f.result() for f in self._frames]
+            if self._pending:
+                frames.append(compress(self._take_pending(), self.compression, level=self.level))
+            if sum(map(len, frames)) < self.size:
+                data, compressed = (frames[0] if len(frames) == 1 else b"".join(frames)), True
+                meta["compression"] = self.compression
+                if len(frames) > 1:
+                    meta["frames"] = ",".join(str(len(f)) for f in frames)
+        if data is None:
+            data = b"".join(self._raw)
+        self._raw = []
+        encryption = None
+        if self.encrypt:
+            assert self.keyring is not None
+            data, encryption = encrypt_data(data, self.binding, keyring=self.keyring, key_id=self.key_id,
+                                            algorithm=self.algorithm)  # fmt: skip
+        return StateSection(self.name, self.schema_version, data, compressed, encryption, meta)
 
 
 def pack_section(
@@ -34,31 +137,30 @@ def pack_section(
     algorithm: str = AES_256_GCM,
     metadata: dict[str, str] | None = None,
 ) -> StateSection:
-    """Compress (if it shrinks) then encrypt ``payload`` into a :class:`StateSection`.
+    """Compress (if it shrinks) then encrypt an encoded ``payload`` (bytes, or its pieces) into a section.
 
-    ``payload`` is the encoded value, or pieces of it (:func:`codecs.iter_encode`)
-    that are streamed through the compressor without being joined.
     ``metadata`` records ``original_size`` and, when compressed, ``compression``.
     """
-    meta = dict(metadata or {})
-    size = len(payload) if isinstance(payload, bytes) else sum(len(p) for p in payload)
-    meta["original_size"] = str(size)
-    data: bytes | None = None
-    compressed = False
-    if compression and compression != "none" and size >= COMPRESS_MIN_SIZE:
-        packed = compress(payload, compression, level=level)
-        if len(packed) < size:
-            data, compressed = packed, True
-            meta["compression"] = compression
-    if data is None:
-        data = payload if isinstance(payload, bytes) else b"".join(payload)
-    encryption = None
-    if encrypt:
-        if keyring is None:
-            raise MissingKey(f"section {name!r} is declared encrypted but the plugin has no keyring", key_id="")
-        binding = Binding(snapshot_id, plugin_id, name, schema_version)
-        data, encryption = encrypt_data(data, binding, keyring=keyring, key_id=key_id, algorithm=algorithm)
-    return StateSection(name, schema_version, data, compressed, encryption, meta)
+    packer = SectionPacker(
+        name, schema_version, snapshot_id=snapshot_id, plugin_id=plugin_id, compression=compression, level=level,
+        keyring=keyring, encrypt=encrypt, key_id=key_id, algorithm=algorithm, metadata=metadata,
+    )  # fmt: skip
+    for piece in [payload] if isinstance(payload, bytes) else payload:
+        packer.add(piece)
+    return packer.finish()
+
+
+def _frame_lengths(section: StateSection, data_size: int) -> list[int] | None:
+    table = section.metadata.get("frames")
+    if table is None:
+        return None
+    parts = table.split(",")
+    if not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):
+        raise CorruptSnapshot(f"section {section.name!r}: malformed frame table")
+    lengths = [int(p) for p in parts]
+    if sum(lengths) != data_size:
+        raise CorruptSnapshot(f"section {section.name!r}: frame table does not add up to the stored size")
+    return lengths
 
 
 def unpack_section(
@@ -97,15 +199,27 @@ def unpack_section(
             raise DecompressionLimitExceeded(msg)
         limit = int(recorded)
     algorithm = section.metadata.get("compression", "zstd") if section.compressed else "none"
-    if section.compressed:
-        # Checked before anything is allocated: a frame must declare its size, and it must be the recorded one.
-        declared = declared_size(data, algorithm)
-        if declared is None:
-            raise CorruptSnapshot(f"section {name!r}: {algorithm} frame does not declare its content size")
-        if declared > limit:
-            msg = f"section {name!r}: {algorithm} frame declares {declared} bytes, above the limit of {limit} bytes"
+    if not section.compressed:
+        out = decompress(data, algorithm, max_size=limit)
+    else:
+        view = memoryview(data)
+        lengths = _frame_lengths(section, len(view)) or [len(view)]
+        frames, start = [], 0
+        for length in lengths:
+            frames.append(view[start : start + length])
+            start += length
+        # Checked before anything is allocated: every frame declares its size, and they add up to the record.
+        declared = []
+        for frame in frames:
+            size = declared_size(frame, algorithm)
+            if size is None:
+                raise CorruptSnapshot(f"section {name!r}: {algorithm} frame does not declare its content size")
+            declared.append(size)
+        if sum(declared) > limit:
+            msg = f"section {name!r}: {algorithm} frames declare {sum(declared)} bytes, above the limit of {limit}"
             raise DecompressionLimitExceeded(msg)
-    out = decompress(data, algorithm, max_size=limit)
+        parts = [decompress(f, algorithm, max_size=size) for f, size in zip(frames, declared, strict=True)]
+        out = parts[0] if len(parts) == 1 else b"".join(parts)
     if recorded is not None and len(out) != int(recorded):
         raise CorruptSnapshot(f"section {section.name!r}: {len(out)} bytes after decompression, recorded {recorded}")
     return out

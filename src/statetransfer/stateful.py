@@ -36,7 +36,7 @@ from .model import (
     now,
 )
 from .plugin import StateTransferable
-from .sections import pack_section, reseal_section, unpack_section
+from .sections import SectionPacker, reseal_section, unpack_section
 from .validation import validate_snapshot
 
 __all__ = ["Section", "StatefulPlugin"]
@@ -357,33 +357,36 @@ class StatefulPlugin(StateTransferable):
         """
         snapshot_id = new_snapshot_id()
         seconds, ns = now()
-        payloads: dict[str, codecs.Pieces] = {}
-        slices: dict[str, str] = {}
+        packers: dict[str, SectionPacker] = {}
         async with self.state_lock:
             for name, sec in self.sections.items():
-                steps = codecs.iter_encode(getattr(self, name), sec.codec, where=name)
-                while True:
-                    try:
-                        next(steps)
-                    except StopIteration as done:
-                        payloads[name], table = done.value
-                        break
-                    await asyncio.sleep(0)
-                if table:
-                    slices[name] = table
+                packer = SectionPacker(
+                    name, sec.version, snapshot_id=snapshot_id, plugin_id=self.metadata.id,
+                    compression=sec.compression, level=sec.level, keyring=self.keyring, encrypt=sec.encrypt,
+                    metadata={"codec": sec.codec},
+                )  # fmt: skip
+                value = getattr(self, name)
+                pieces = codecs.iter_pieces(value, sec.codec, where=name)
+                try:
+                    while True:
+                        try:
+                            packer.add(next(pieces))
+                        except StopIteration as done:
+                            if done.value:
+                                packer.metadata["slices"] = done.value
+                            break
+                        await asyncio.sleep(0)  # other tasks run while frames compress in worker threads
+                except codecs.Resized:  # changed without the lock between slices: encode it whole, in one step
+                    packer.reset()
+                    packer.add(codecs.encode(value, sec.codec, where=name))
+                packers[name] = packer
             preserved = dict(self._preserved)
         sections: dict[str, StateSection] = {}
-        for name, sec in self.sections.items():
-            meta = {"codec": sec.codec, **({"slices": slices[name]} if name in slices else {})}
-            args: dict[str, Any] = {
-                "snapshot_id": snapshot_id, "plugin_id": self.metadata.id, "compression": sec.compression,
-                "level": sec.level, "keyring": self.keyring, "encrypt": sec.encrypt, "metadata": meta,
-            }  # fmt: skip
-            pieces = payloads[name]
-            if sum(map(len, pieces)) >= _THREAD_ABOVE:
-                sections[name] = await asyncio.to_thread(pack_section, name, sec.version, pieces, **args)
+        for name, packer in packers.items():
+            if packer.size >= _THREAD_ABOVE:
+                sections[name] = await asyncio.to_thread(packer.finish)
             else:
-                sections[name] = pack_section(name, sec.version, pieces, **args)
+                sections[name] = packer.finish()
         for name, (stored, origin) in preserved.items():
             if name not in sections:
                 sections[name] = reseal_section(

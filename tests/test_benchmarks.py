@@ -1,0 +1,29 @@
+"""The benchmark suite runs and writes valid JSON (its timings are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_emits_json(tmp_path):
+    """benchmarks/run.py --quick completes and writes every ratio the targets table needs."""
+    out = tmp_path / "results.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--output", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["quick"] is True
+    assert set(doc["ratios"]) == {
+        "export_vs_pickle", "export_vs_msgspec", "import_vs_pickle", "import_vs_msgspec", "size_vs_gzip_pickle",
+        "peak_memory_vs_msgpack", "scaling_max_deviation", "store_vs_file",
+    }  # fmt: skip
+    assert all(isinstance(v, float) and v > 0 for v in doc["ratios"].values())
+    assert doc["reload_1mb"]["p50"] > 0 and doc["stall_ms"] > 0
+    assert "export+dumps vs pickle.dumps" in proc.stdout

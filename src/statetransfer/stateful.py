@@ -146,7 +146,9 @@ class StatefulPlugin(StateTransferable):
     Plugin authors: change live state inside ``async with self.state_lock:``
     whenever the change spans an ``await``; export and import hold the same
     lock while they read or replace state, so they never see it half-done.
-    Changes that do not await are atomic with respect to export anyway.
+    Changes that do not await are atomic with respect to export too, except
+    for sections of more than 262,144 items: those are encoded in slices with
+    the event loop free in between, so change them under the lock as well.
     """
 
     sections: ClassVar[dict[str, Section[Any]]] = {}

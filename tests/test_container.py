@@ -254,3 +254,26 @@ def test_large_sections_use_tree_digest():
     raw[len(raw) // 2] ^= 0x40
     with pytest.raises(st.ChecksumMismatch, match="'big'"):
         st.loads(bytes(raw))
+
+
+def test_invalid_utf8_in_header_is_corrupt():
+    """A header string with invalid UTF-8 (framing recomputed) is a CorruptSnapshot (was a UnicodeDecodeError)."""
+    raw = st.dumps(simple_snapshot(a=b"x"))
+    forged = _forge_header(raw, lambda h: h.replace(b"\xa9plugin_id\xa1p", b"\xa9plugin_id\xa1\xfa"))
+    assert forged != raw
+    with pytest.raises(st.CorruptSnapshot, match="header does not decode"):
+        st.loads(forged)
+
+
+@pytest.mark.parametrize("signature", ["²", "\x00", "hmac-sha256:xyz", "hmac-sha256:" + "A" * 64])
+def test_malformed_signature_field_is_corrupt(signature):
+    """A signature field that is not 'hmac-sha256:<64 hex>' is refused even without a verify key."""
+
+    def put_signature(header: bytes) -> bytes:
+        doc = msgspec.msgpack.decode(header)
+        doc["signature"] = signature
+        return msgspec.msgpack.encode(doc)
+
+    forged = _forge_header(st.dumps(simple_snapshot(a=b"x")), put_signature)
+    with pytest.raises(st.CorruptSnapshot, match="malformed signature"):
+        st.loads(forged)

@@ -130,3 +130,19 @@ def test_file_store_refuses_foreign_directory(tmp_path):
     (tmp_path / "STORE").write_text("something else\n")
     with pytest.raises(st.StoreError, match="another format"):
         FileStore(tmp_path)
+
+
+async def test_manifest_flip_in_ignored_key_is_detected():
+    """A byte flip in a part of a manifest the decoder would ignore is still caught by the manifest digest."""
+    from statetransfer.testing import make_snapshot
+
+    store = MemoryStore()
+    await store.put(make_snapshot("m1"))
+    manifest = bytearray(store._manifests["m1"])
+    pos = manifest.find(b"custom")
+    manifest[pos] ^= 0x9C  # 'c' -> a byte that makes the key unknown (and dropped) to a typed decoder
+    store._manifests["m1"] = bytes(manifest)
+    with pytest.raises(st.ChecksumMismatch, match="digest mismatch"):
+        await store.get("m1")
+    report = await store.verify()
+    assert not report.ok and "'m1'" in report.problems[0]

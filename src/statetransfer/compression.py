@@ -36,8 +36,8 @@ def compress(data: Buffer | Sequence[Buffer], algorithm: str = "zstd", *, level:
 
     ``algorithm`` is ``"zstd"``, ``"lz4"`` or ``"none"``. zstd frames record
     their content size, so :func:`decompress` can refuse a bomb before
-    allocating; large inputs use zstd's worker threads and are streamed
-    (peak memory is the output size; pieces are never joined).
+    allocating. Large inputs use zstd's worker threads; pieces are fed to the
+    compressor one by one, never joined (peak memory about twice the output).
     """
     _check_algorithm(algorithm)
     pieces: Sequence[Buffer] = data if isinstance(data, list | tuple) else [data]  # type: ignore[list-item]

@@ -2,7 +2,8 @@
 
 Usage: python store_worker.py URL put PREFIX COUNT
        python store_worker.py URL churn PREFIX COUNT   (put then delete its own snapshots)
-Each line printed ("put <id>" / "deleted <id>") is written only after the store call returned.
+Prints "ready" once the store is open; each later line ("put <id>" / "deleted <id>") is written
+only after the store call returned.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ SHARED = bytes(range(256)) * 2048  # 512 KiB shared by every snapshot: exercises
 
 async def main(url: str, mode: str, prefix: str, count: int) -> None:
     store = st.open_store(url)
+    print("ready", flush=True)
     for i in range(count):
         snap_id = f"{prefix}-{i}"
         unique = os.urandom(64) * 1024

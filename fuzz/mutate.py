@@ -29,6 +29,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -78,22 +79,28 @@ def _delete(rng: random.Random, data: bytes) -> bytes:
     return data[:pos] + data[pos + rng.randrange(1, 16) :]
 
 
-def _walk(doc: object, rng: random.Random) -> tuple[object, object] | None:
-    """A random (container, key) inside a decoded msgpack document."""
-    spots: list[tuple[object, object]] = []
+def spots(doc: object) -> list[tuple[Any, Any]]:
+    """Every (container, key) inside a decoded msgpack document: the places a field can be replaced."""
+    found: list[tuple[Any, Any]] = []
 
     def visit(node: object) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
-                spots.append((node, k))
+                found.append((node, k))
                 visit(v)
         elif isinstance(node, list):
             for i, v in enumerate(node):
-                spots.append((node, i))
+                found.append((node, i))
                 visit(v)
 
     visit(doc)
-    return rng.choice(spots) if spots else None
+    return found
+
+
+def _walk(doc: object, rng: random.Random) -> tuple[Any, Any] | None:
+    """A random (container, key) inside a decoded msgpack document."""
+    found = spots(doc)
+    return rng.choice(found) if found else None
 
 
 def _header_field(rng: random.Random, raw: bytes) -> bytes:

@@ -186,6 +186,9 @@ def test_store_commands(snap_file, tmp_path):
     assert code == 0 and st.load(pulled) == snap
     code, out, _ = run("inspect", url, snap.id, "--json")
     assert code == 0 and json.loads(out)["id"] == snap.id
+    (tmp_path / "hmac.key").write_bytes(b"k" * 32)
+    code, _, err = run("inspect", url, snap.id, "--verify-key-file", str(tmp_path / "hmac.key"))
+    assert code == 1 and "not signed" in err
     code, out, _ = run("verify", url, "--json")
     assert code == 0 and json.loads(out) == {
         "ok": True,

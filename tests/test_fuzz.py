@@ -6,7 +6,7 @@ import hashlib
 
 import msgspec
 import pytest
-from fuzz.mutate import HOSTILE_VALUES, MANIFEST_BODY, header_of, reframe
+from fuzz.mutate import HOSTILE_VALUES, MANIFEST_BODY, header_of, reframe, spots
 from fuzz.targets import check_manifest, check_snapshot, seed_manifests, seed_snapshots
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
@@ -48,20 +48,7 @@ def test_raw_mutations_always_detected(name, data):
 
 
 def _set_random_field(doc, data):
-    spots = []
-
-    def visit(node):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                spots.append((node, k))
-                visit(v)
-        elif isinstance(node, list):
-            for i, v in enumerate(node):
-                spots.append((node, i))
-                visit(v)
-
-    visit(doc)
-    parent, key = data.draw(hs.sampled_from(spots))
+    parent, key = data.draw(hs.sampled_from(spots(doc)))
     parent[key] = data.draw(hs.sampled_from(HOSTILE_VALUES))
     return doc
 

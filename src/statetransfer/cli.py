@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .container import dumps, load, loads
+from .container import dumps, load
 from .crypto import KEYRING_ENV, Keyring, reencrypt
 from .diffing import diff_snapshots
 from .errors import PluginError, StateTransferError, StoreError
@@ -114,20 +114,19 @@ def _snapshot_arg(ref: tuple[str, ...], verify_key: bytes | None = None) -> Stat
         return _read_snapshot(ref[0], verify_key)
     if len(ref) == 2:
         url, snapshot_id = ref
-
-        async def fetch() -> StateSnapshot:
-            store = open_store(url)
-            try:
-                return await store.get(snapshot_id)
-            finally:
-                await store.close()
-
         with _spinner(f"fetching {snapshot_id}"):
-            snapshot = _run(fetch())
-        if verify_key is not None:
-            snapshot = loads(dumps(snapshot), verify_key=verify_key)
-        return snapshot
+            return _with_store(url, lambda s: s.get(snapshot_id, verify_key=verify_key))
     raise UsageProblem("name a snapshot as FILE or as STORE_URL ID")
+
+
+def _write_file(target: Path, data: bytes) -> None:
+    """Replace ``target`` with ``data`` atomically (a temporary file, then a rename)."""
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise UsageProblem(f"cannot write {str(target)!r}: {exc.strerror}") from exc
 
 
 def _verify_key(path: str | None) -> bytes | None:
@@ -396,12 +395,7 @@ def pull(store_url: str, snapshot_id: str, output: str | None, as_json: bool) ->
         snap = _with_store(store_url, lambda s: s.get(snapshot_id))
     target = Path(output or f"{snapshot_id}.stsnap")
     data = dumps(snap)
-    tmp = target.with_name(target.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise UsageProblem(f"cannot write {str(target)!r}: {exc.strerror}") from exc
+    _write_file(target, data)
     if as_json:
         _emit_json({"id": snap.id, "file": str(target), "size": len(data)})
     else:
@@ -491,9 +485,7 @@ def rekey(ctx: click.Context, snapshot_file: str, to_key: str, output: str | Non
     snap = _read_snapshot(snapshot_file)
     rotated = reencrypt(snap, ring, to_key)
     target = Path(output or snapshot_file)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(dumps(rotated))
-    os.replace(tmp, target)
+    _write_file(target, dumps(rotated))
     count = sum(1 for s in rotated.sections.values() if s.encryption is not None)
     out.print(f"re-encrypted {count} section(s) of {snap.id} under key {to_key!r} -> {target}")
 

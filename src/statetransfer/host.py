@@ -28,7 +28,7 @@ import msgspec
 from .checksum import calculate_checksum
 from .crypto import Keyring
 from .errors import PluginError, StateTransferError, ValidationFailed
-from .model import StateCreationReason, StateImportResult, StateSnapshot
+from .model import SectionValidation, StateCreationReason, StateImportResult, StateSnapshot, StateValidation
 from .plugin import Plugin, StateTransferable
 
 if TYPE_CHECKING:
@@ -399,21 +399,27 @@ class PluginHost:
         if snapshot is not None:
             if not isinstance(new, StateTransferable):
                 raise PluginError(f"new code of {slot.plugin_id!r} can no longer import state")
-            validation = await new.validate_state(snapshot)
+            # Declarative plugins validate inside import_state; their plan() (no decoding, no hashing) is
+            # enough to spot dropped sections first. Other plugins are validated here.
+            plan = getattr(new, "plan", None)
+            validation: StateValidation | None = None
+            if callable(plan):
+                verdicts: dict[str, SectionValidation] = plan(snapshot)
+            else:
+                validation = await new.validate_state(snapshot)
+                verdicts = validation.section_validations
             lap("validate")
             declared_before = getattr(old, "sections", None)
             dropped = sorted(
                 name
-                for name, sv in validation.section_validations.items()
+                for name, sv in verdicts.items()
                 if sv.verdict == "unknown" and (not isinstance(declared_before, dict) or name in declared_before)
             )
             if dropped and not self.allow_dropped_sections:
                 msg = f"new code no longer declares section(s) {dropped} (allowed by allow_dropped_sections=True)"
                 raise PluginError(msg)
-            if not validation.is_valid:
-                reasons = validation.errors + [
-                    f"{n}: {e}" for n, sv in validation.section_validations.items() for e in sv.errors
-                ]
+            if validation is not None and not validation.is_valid:
+                reasons = validation.errors + [f"{n}: {e}" for n, sv in verdicts.items() for e in sv.errors]
                 raise ValidationFailed("; ".join(reasons) or "snapshot invalid for the new code", validation=validation)
             imported = await new.import_state(snapshot)
             lap("import")

@@ -30,6 +30,7 @@ __all__ = [
     "decrypt_data",
     "encrypt_data",
     "reencrypt",
+    "reseal",
 ]
 
 AES_256_GCM = "AES-256-GCM"
@@ -301,6 +302,25 @@ def decrypt_data(
     return parts[0] if count == 1 else b"".join(parts)
 
 
+def reseal(
+    section: StateSection, *, plugin_id: str, from_snapshot: str, to_snapshot: str, keyring: Keyring, key_id: str
+) -> StateSection:
+    """Re-encrypt an encrypted section for ``to_snapshot`` under ``key_id`` (fresh nonce).
+
+    The section is opened with the binding it was sealed under
+    (``metadata["sealed_in"]`` when present, else ``from_snapshot``); the
+    result is bound to ``to_snapshot`` and carries no ``sealed_in``.
+    """
+    enc = section.encryption
+    assert enc is not None
+    old = Binding(section.metadata.get(SEALED_IN, from_snapshot), plugin_id, section.name, section.schema_version)
+    plain = decrypt_data(section.data, enc, old, keyring=keyring)
+    new = old._replace(snapshot_id=to_snapshot)
+    data, info = encrypt_data(plain, new, keyring=keyring, key_id=key_id, algorithm=enc.algorithm)
+    meta = {k: v for k, v in section.metadata.items() if k != SEALED_IN}
+    return msgspec.structs.replace(section, data=data, encryption=info, metadata=meta)
+
+
 def reencrypt(snapshot: StateSnapshot, keyring: Keyring, new_key_id: str) -> StateSnapshot:
     """Rotate keys: re-seal every encrypted section under ``new_key_id``.
 
@@ -310,14 +330,9 @@ def reencrypt(snapshot: StateSnapshot, keyring: Keyring, new_key_id: str) -> Sta
     keyring.get(new_key_id)
     sections: dict[str, StateSection] = {}
     for name, sec in snapshot.sections.items():
-        if sec.encryption is None:
-            sections[name] = sec
-            continue
-        bound = Binding(sec.metadata.get(SEALED_IN, snapshot.id), snapshot.plugin_id, sec.name, sec.schema_version)
-        plain = decrypt_data(sec.data, sec.encryption, bound, keyring=keyring)
-        fresh = bound._replace(snapshot_id=snapshot.id)
-        data, info = encrypt_data(plain, fresh, keyring=keyring, key_id=new_key_id, algorithm=sec.encryption.algorithm)
-        meta = {k: v for k, v in sec.metadata.items() if k != SEALED_IN}
-        sections[name] = msgspec.structs.replace(sec, data=data, encryption=info, metadata=meta)
+        sections[name] = sec if sec.encryption is None else reseal(
+            sec, plugin_id=snapshot.plugin_id, from_snapshot=snapshot.id, to_snapshot=snapshot.id,
+            keyring=keyring, key_id=new_key_id,
+        )  # fmt: skip
     out = msgspec.structs.replace(snapshot, sections=sections, signature=None)
     return msgspec.structs.replace(out, checksum=calculate_checksum(out))

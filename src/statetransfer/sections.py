@@ -9,7 +9,7 @@ import msgspec
 from ._workers import pool
 from .codecs import Pieces
 from .compression import compress, declared_size, decompress
-from .crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data
+from .crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, reseal
 from .errors import CorruptSnapshot, DecompressionLimitExceeded, MissingKey
 from .model import StateSection
 
@@ -238,12 +238,8 @@ def reseal_section(
     if enc is None:
         return section
     if keyring is not None and enc.key_id in keyring:
-        old = Binding(section.metadata.get(SEALED_IN, from_snapshot), plugin_id, section.name, section.schema_version)
-        plain = decrypt_data(section.data, enc, old, keyring=keyring)
-        new = old._replace(snapshot_id=to_snapshot)
-        data, info = encrypt_data(plain, new, keyring=keyring, key_id=enc.key_id, algorithm=enc.algorithm)
-        meta = {k: v for k, v in section.metadata.items() if k != SEALED_IN}
-        return msgspec.structs.replace(section, data=data, encryption=info, metadata=meta)
+        return reseal(section, plugin_id=plugin_id, from_snapshot=from_snapshot, to_snapshot=to_snapshot,
+                      keyring=keyring, key_id=enc.key_id)  # fmt: skip
     meta = dict(section.metadata)
     meta.setdefault(SEALED_IN, from_snapshot)
     return msgspec.structs.replace(section, metadata=meta)

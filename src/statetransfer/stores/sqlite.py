@@ -139,6 +139,7 @@ class SQLiteStore(SnapshotStore):
 
     @contextlib.asynccontextmanager
     async def _process_lock(self, exclusive: bool) -> AsyncIterator[Held | None]:
+        await self._call(lambda db: None)  # open (and, with create, make) the database before its lock file
         async with FileLock(str(self.path) + ".lock", timeout=self.lock_timeout).hold(exclusive):
             yield None
         if exclusive:

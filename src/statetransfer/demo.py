@@ -151,7 +151,7 @@ async def run_demo(console: Console, store_url: str | None = None) -> bool:
             t = result.timings
             figures = (
                 f"{result.old_version} -> {result.new_version} in {t['total'] * 1e3:.1f} ms "
-                f"(export {t.get('export', 0) * 1e3:.1f}, import {t.get('import', 0) * 1e3:.1f}); "
+                f"(export {t.get('export', 0) * 1e3:.1f} ms, import {t.get('import', 0) * 1e3:.1f} ms); "
                 f"entries before {SKUS}, after {entries_after}"
             )
             if result.error:

@@ -1,5 +1,7 @@
 """statetransfer: export, import, migrate, hot-reload and back up plugin state safely."""
 
+from importlib.metadata import version as _version
+
 from .backup import backup, restore
 from .checksum import calculate_checksum, sign
 from .compression import compress, decompress
@@ -36,7 +38,7 @@ from .plugin import Plugin, StateTransferable
 from .stateful import Section, StatefulPlugin, transfer_state
 from .stores import SnapshotInfo, SnapshotStore, VerifyReport, open_store
 
-__version__ = "0.1.0"
+__version__ = _version("statetransfer")  # the one source of the number is pyproject.toml
 
 __all__ = [
     "ChecksumMismatch",

@@ -203,7 +203,7 @@ def _progress(description: str, total: int | None = None, *, unit: str = "bytes"
     if unit == "bytes" and total is None:  # one call into a store: no amounts to show, only that it is working
         columns = [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
     elif unit == "bytes":
-        columns += [DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()]
+        columns += [DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn()]
     else:
         columns += [MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:

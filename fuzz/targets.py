@@ -17,7 +17,7 @@ import msgspec
 import statetransfer as st
 from statetransfer import codecs, crypto, sections
 from statetransfer.sections import unpack_section
-from statetransfer.stores.base import _parse_manifest, _verify_manifest
+from statetransfer.stores._manifest import parse_manifest, verify_manifest
 
 KEYRING = st.Keyring({"fuzz": b"\x01" * 32, "other": b"\x02" * 32})
 SIGN_KEY = b"fuzz-signing-key-of-32-bytes!!!!"
@@ -62,7 +62,7 @@ def check_snapshot(data: bytes, *, signed: bool = False) -> st.StateSnapshot:
 
 def check_manifest(data: bytes, snapshot_id: str = "fuzz-seed", *, signed: bool = False) -> None:
     """What a store does with a manifest it reads back (``get(..., verify_key=...)`` for signed ones)."""
-    _verify_manifest(_parse_manifest(data, snapshot_id), SIGN_KEY if signed else None)
+    verify_manifest(parse_manifest(data, snapshot_id), SIGN_KEY if signed else None)
 
 
 @contextlib.contextmanager
@@ -141,7 +141,7 @@ def seed_manifests() -> dict[str, bytes]:
             if snap.signature:
                 renamed = st.sign(renamed, SIGN_KEY)
             await store.put(renamed)
-            out[name] = await store._get_manifest("fuzz-seed")  # type: ignore[attr-defined]
+            out[name] = await store.read_object("manifests/fuzz-seed")
         return out
 
     return asyncio.run(build())

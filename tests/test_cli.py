@@ -196,6 +196,8 @@ def test_store_commands(snap_file, tmp_path):
         "problems": [],
         "blobs_checked": 3,
         "unreferenced_blobs": 0,
+        "repaired": [],
+        "strays": [],
     }
     code, out, _ = run("prune", url, "--keep-last", "0", "--dry-run", "--json")
     assert code == 0 and json.loads(out)["removed"] == [snap.id] and json.loads(out)["dry_run"]

@@ -88,8 +88,8 @@ async def test_damaged_blob_file_on_disk(tmp_path):
     store = st.open_store(f"file://{tmp_path}/store")
     await store.put(make_snapshot("intact", sections={"s": b"a" * 5000}))
     await store.put(make_snapshot("hit", sections={"s": os.urandom(5000)}))
-    header = await store._header("hit")
-    blob = next((tmp_path / "store" / "blobs").rglob(header.sections[0].digest.hex()))
+    digest = (await store.section_digests("hit"))["s"]
+    blob = next((tmp_path / "store" / "blobs").rglob(digest))
     data = bytearray(blob.read_bytes())
     data[100] ^= 0x01
     blob.write_bytes(bytes(data))

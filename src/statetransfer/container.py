@@ -12,6 +12,7 @@ from typing import IO, Any
 
 import msgspec
 
+from ._fileio import write_atomic
 from .checksum import section_digest, verify_checksum, verify_signature
 from .errors import ChecksumMismatch, CorruptSnapshot, StateTransferError
 from .model import EncryptionInfo, StateMetadata, StateSection, StateSnapshot
@@ -180,11 +181,16 @@ def dumps(snapshot: StateSnapshot) -> bytes:
 
 
 def dump(snapshot: StateSnapshot, file: str | os.PathLike[str] | IO[bytes]) -> None:
-    """Write ``snapshot`` to a path or a binary file object, streaming section data."""
+    """Write ``snapshot`` to a path or a binary file object, streaming section data.
+
+    A path is written atomically: an existing file there is replaced only once
+    the new one is complete and durable, and survives any failure.
+
+    Raises:
+        WriteFailed: the path could not be written (the previous file is intact).
+    """
     if isinstance(file, str | os.PathLike):
-        with open(file, "wb") as fh:
-            for piece in iter_chunks(snapshot):
-                fh.write(piece)
+        write_atomic(file, iter_chunks(snapshot))
         return
     for piece in iter_chunks(snapshot):
         file.write(piece)

@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ._fileio import write_atomic
 from .checksum import calculate_checksum
 from .errors import DecryptionFailed, MissingKey, StateTransferError
 from .model import EncryptionInfo, StateSection, StateSnapshot
@@ -172,10 +173,15 @@ class Keyring:
         return ring
 
     def to_file(self, path: str | os.PathLike[str]) -> None:
-        """Write the keyring to ``path``, readable by the owner only (0600)."""
-        fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(self.to_json())
+        """Write the keyring to ``path`` atomically, readable by the owner only (0600).
+
+        The previous file survives any failure (a full disk never loses keys),
+        and the file is 0600 even if it existed with another mode.
+
+        Raises:
+            WriteFailed: the file could not be written; the previous one is intact.
+        """
+        write_atomic(path, self.to_json().encode("utf-8"), mode=0o600)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Keyring:

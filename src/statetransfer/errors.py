@@ -13,8 +13,16 @@
     ├── MigrationError               a migration chain is ill-formed or a step raised
     ├── ImportFailed                 an atomic import failed; live state untouched
     ├── PluginError                  a plugin could not be loaded, reloaded or found
-    └── StoreError                   a snapshot store failed or was given a bad id
-        └── SnapshotNotFound         (also a KeyError)
+    ├── InvalidArgument              a call was given a bad argument (also a ValueError)
+    ├── StoreError                   a snapshot store failed or was given a bad id
+    │   ├── SnapshotNotFound         (also a KeyError)
+    │   ├── StoreNotFound            no store at the location (opened with create=False)
+    │   ├── StoreLocked              another process holds the store's lock past the timeout
+    │   ├── InvalidStoreURL          a malformed URL or unknown scheme (also a ValueError)
+    │   └── MissingDependency        a backend's optional package is not installed (also an ImportError)
+    └── WriteFailed                  a user file could not be written (also an OSError)
+
+Warnings: StoreWarning (a UserWarning) reports store entries that could not be read.
 """
 
 from __future__ import annotations
@@ -31,13 +39,20 @@ __all__ = [
     "DecryptionFailed",
     "EncodingError",
     "ImportFailed",
+    "InvalidArgument",
+    "InvalidStoreURL",
     "MigrationError",
+    "MissingDependency",
     "MissingKey",
     "PluginError",
     "SnapshotNotFound",
     "StateTransferError",
     "StoreError",
+    "StoreLocked",
+    "StoreNotFound",
+    "StoreWarning",
     "ValidationFailed",
+    "WriteFailed",
 ]
 
 
@@ -46,7 +61,17 @@ class StateTransferError(Exception):
 
 
 class CorruptSnapshot(StateTransferError):
-    """The bytes are not a readable snapshot: framing, truncation, format version."""
+    """The bytes are not a readable snapshot: framing, truncation, format version.
+
+    Attributes:
+        snapshot_id: the snapshot concerned, when known.
+        section: the section concerned, when known.
+    """
+
+    def __init__(self, message: str, *, snapshot_id: str | None = None, section: str | None = None) -> None:
+        super().__init__(message)
+        self.snapshot_id = snapshot_id
+        self.section = section
 
 
 class ChecksumMismatch(CorruptSnapshot):
@@ -97,8 +122,69 @@ class PluginError(StateTransferError):
     """A plugin could not be imported, instantiated, found or reloaded."""
 
 
+class InvalidArgument(StateTransferError, ValueError):
+    """A function was called with an argument it cannot accept (a usage error)."""
+
+
 class StoreError(StateTransferError):
-    """A snapshot store operation failed, or was given an unsafe id or URL."""
+    """A snapshot store operation failed, or was given an unsafe id or URL.
+
+    Attributes:
+        snapshot_id: the snapshot concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, snapshot_id: str | None = None) -> None:
+        super().__init__(message)
+        self.snapshot_id = snapshot_id
+
+
+class StoreNotFound(StoreError):
+    """No store exists at the location, and it was opened with ``create=False`` (nothing was created).
+
+    Attributes:
+        location: the path or URL that holds no store.
+    """
+
+    def __init__(self, message: str, *, location: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+class InvalidStoreURL(StoreError, InvalidArgument):
+    """A store URL is malformed or names an unknown scheme (a usage error)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependency(StoreError, ImportError):
+    """A backend needs an optional package that is not installed; the message says how to install it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreLocked(StoreError):
+    """The store's lock stayed held by another process or task for longer than the lock timeout."""
+
+
+class WriteFailed(StateTransferError, OSError):
+    """A user file (snapshot, keyring) could not be written; the previous file, if any, is intact.
+
+    Attributes:
+        path: the file that was being written.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __str__(self) -> str:  # OSError would format (errno, strerror)
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreWarning(UserWarning):
+    """A store holds entries that could not be read (damaged manifests, stray files); they were skipped."""
 
 
 class SnapshotNotFound(StoreError, KeyError):

@@ -5,8 +5,7 @@
   and atomic import, and unknown-section preservation.
 - :class:`StoreContract`: the shared test suite every snapshot store backend
   passes. Backend authors subclass it in their pytest suite and implement
-  :meth:`~StoreContract.make_store` and :meth:`~StoreContract.corrupt_blob`
-  (needs pytest-asyncio in auto mode).
+  :meth:`~StoreContract.make_store` (needs pytest-asyncio in auto mode).
 """
 
 from __future__ import annotations
@@ -24,12 +23,20 @@ from . import codecs
 from .checksum import calculate_checksum, sign
 from .container import dumps, loads
 from .crypto import Keyring
-from .errors import ChecksumMismatch, ImportFailed, SnapshotNotFound, StateTransferError, StoreError
+from .errors import (
+    ChecksumMismatch,
+    ImportFailed,
+    SnapshotNotFound,
+    StateTransferError,
+    StoreError,
+    StoreWarning,
+)
 from .migrations import find_path
 from .model import StateCreationReason, StateMetadata, StateSection, StateSnapshot
 from .sections import pack_section, unpack_section
 from .stateful import StatefulPlugin
-from .stores.base import SnapshotStore
+from .stores.base import SnapshotStore, VerifyReport, blob_key
+from .stores.memory import MemoryStore
 
 __all__ = ["PluginCheckReport", "StoreContract", "acheck_plugin", "check_plugin", "make_snapshot"]
 
@@ -45,6 +52,7 @@ def make_snapshot(
     created_ns: int | None = None,
     tags: list[str] | None = None,
     expires_at: int | None = None,
+    reason: StateCreationReason = StateCreationReason.BACKUP,
 ) -> StateSnapshot:
     """A valid snapshot with the given raw section payloads (zstd-compressed when it helps)."""
     ts = int(time.time()) if timestamp is None else timestamp
@@ -54,7 +62,7 @@ def make_snapshot(
     }
     snap = StateSnapshot(
         snapshot_id, plugin_id, "1.0.0", 1, ts, secs,
-        StateMetadata(reason=StateCreationReason.BACKUP, tags=list(tags or []), expires_at=expires_at),
+        StateMetadata(reason=reason, tags=list(tags or []), expires_at=expires_at),
         "", ts * 1_000_000_000 if created_ns is None else created_ns,
     )  # fmt: skip
     return msgspec.structs.replace(snap, checksum=calculate_checksum(snap))
@@ -195,8 +203,14 @@ class StoreContract:
         raise NotImplementedError
 
     async def corrupt_blob(self, store: SnapshotStore, digest: str) -> None:
-        """Damage the stored bytes of blob ``digest`` behind the store's back."""
-        raise NotImplementedError
+        """Damage the stored bytes of blob ``digest`` (one byte flipped, same length) behind the store's back."""
+        key = blob_key(digest)
+        data = bytearray(await store.read_object(key))
+        data[len(data) // 2] ^= 0xFF
+        await store.write_object(key, bytes(data))
+
+    async def blob_count(self, store: SnapshotStore) -> int:
+        return sum(1 for o in await store.list_objects("blobs/") if o.regular)
 
     @pytest.fixture
     async def store(self, tmp_path: Any) -> AsyncIterator[SnapshotStore]:
@@ -281,12 +295,12 @@ class StoreContract:
         big = bytes(range(256)) * 400
         await store.put(make_snapshot("one", sections={"cache": big, "meta": b"v1"}))
         await store.put(make_snapshot("two", sections={"cache": big, "meta": b"v2"}))
-        assert len(await store._list_blobs()) == 3
+        assert await self.blob_count(store) == 3
         await store.delete("one")
         assert (await store.get("two")).sections["cache"].data == make_snapshot(
             "two", sections={"cache": big}
         ).sections["cache"].data
-        assert len(await store._list_blobs()) == 2
+        assert await self.blob_count(store) == 2
         report = await store.verify()
         assert report.ok and report.unreferenced_blobs == 0
 
@@ -332,7 +346,7 @@ class StoreContract:
         await store.put(good)
         await store.put(bad)
         assert (await store.verify()).ok
-        digest = (await store._header("bad")).sections[0].digest.hex()
+        digest = (await store.section_digests("bad"))["a"]
         await self.corrupt_blob(store, digest)
         with pytest.raises(ChecksumMismatch):
             await store.get("bad")
@@ -344,8 +358,8 @@ class StoreContract:
     async def test_verify_missing_blob(self, store: SnapshotStore) -> None:
         """A missing blob is reported by verify even without reading data."""
         await store.put(make_snapshot("m"))
-        digest = (await store._header("m")).sections[0].digest.hex()
-        await store._delete_blob(digest)
+        (digest,) = (await store.section_digests("m")).values()
+        await store.delete_object(blob_key(digest))
         report = await store.verify(read_data=False)
         assert not report.ok and "missing" in report.problems[0]
         with pytest.raises(ChecksumMismatch, match="missing"):
@@ -358,3 +372,83 @@ class StoreContract:
         assert sorted(i.id for i in await store.list()) == sorted(s.id for s in snaps)
         for snap in snaps:
             assert await store.get(snap.id) == snap
+
+    async def test_put_rewrites_damaged_blob(self, store: SnapshotStore) -> None:
+        """A put whose section matches a damaged stored blob rewrites it: the acknowledged snapshot is readable."""
+        payload = {"a": b"shared section" * 200}
+        first = make_snapshot("first", sections=payload)
+        await store.put(first)
+        await self.corrupt_blob(store, (await store.section_digests("first"))["a"])
+        second = make_snapshot("second", sections=payload)
+        await store.put(second)
+        assert await store.get("second") == second
+        assert await store.get("first") == first  # healed for both
+
+    async def test_gc_never_deletes_a_blob_of_an_acknowledged_put(self, store: SnapshotStore) -> None:
+        """Puts racing deletes of scratch snapshots in one process: every acknowledged snapshot stays whole."""
+        shared = {"common": b"c" * 3000}
+        acknowledged: list[StateSnapshot] = []
+
+        async def keeper() -> None:
+            for i in range(12):
+                snap = make_snapshot(f"keep-{i}", sections={**shared, "own": f"k{i}".encode() * 50})
+                await store.put(snap)
+                acknowledged.append(snap)
+
+        async def scratcher() -> None:
+            for i in range(12):
+                await store.put(make_snapshot(f"scratch-{i}", sections={**shared, "own": f"s{i}".encode() * 50}))
+                await store.delete(f"scratch-{i}")
+
+        await asyncio.gather(keeper(), scratcher())
+        for snap in acknowledged:
+            assert await store.get(snap.id) == snap
+        assert (await store.verify()).ok
+
+    async def test_verify_never_alarms_during_prune(self, store: SnapshotStore) -> None:
+        """verify running while snapshots are pruned reports no damage in a healthy store."""
+        for i in range(15):
+            await store.put(make_snapshot(f"v{i}", timestamp=1_700_000_000 + i, sections={"s": f"{i}".encode() * 99}))
+        pruning = asyncio.ensure_future(store.prune(keep_last=1))
+        reports: list[VerifyReport] = await asyncio.gather(*(store.verify() for _ in range(3)))
+        await pruning
+        for report in reports:
+            assert report.ok, report.problems
+
+    async def test_unreadable_manifest_reported(self, store: SnapshotStore) -> None:
+        """A damaged manifest is named by list (with a StoreWarning) and by prune, which then frees no blob."""
+        await store.put(make_snapshot("fine", timestamp=1_700_000_000))
+        await store.put(make_snapshot("old", timestamp=1_600_000_000, sections={"x": b"old" * 100}))
+        await store.write_object("manifests/broken", b"not a manifest")
+        with pytest.warns(StoreWarning, match="broken"):
+            listing = await store.list()
+        assert [i.id for i in listing] == ["fine", "old"]
+        assert [u.snapshot_id for u in listing.unreadable] == ["broken"]
+        with pytest.warns(StoreWarning, match="broken"):
+            report = await store.prune(keep_last=1)
+        assert report.removed == ["old"] and [u.snapshot_id for u in report.unreadable] == ["broken"]
+        assert report.blobs_removed == 0
+
+    async def test_retention_groups_by_reason(self, store: SnapshotStore) -> None:
+        """Checkpoints never push out backups: keep_last applies per plugin and reason by default."""
+        for i in range(3):
+            await store.put(make_snapshot(f"backup-{i}", timestamp=1_700_000_000 + i))
+        for i in range(12):
+            snap = make_snapshot(f"ckpt-{i}", timestamp=1_700_001_000 + i, reason=StateCreationReason.HOT_RELOAD)
+            await store.put(snap)
+        report = await store.prune(keep_last=2)
+        assert sorted(report.kept) == ["backup-1", "backup-2", "ckpt-10", "ckpt-11"]
+        everything = await store.prune(keep_last=2, group_by=("plugin_id",), dry_run=True)
+        assert sorted(everything.kept) == ["ckpt-10", "ckpt-11"]
+
+    async def test_verify_repair_from_replica(self, store: SnapshotStore) -> None:
+        """verify(repair=True, source=replica) rewrites a damaged blob from an intact copy."""
+        snap = make_snapshot("r", sections={"a": b"precious" * 100})
+        replica = MemoryStore()
+        await store.put(snap)
+        await replica.put(snap)
+        await self.corrupt_blob(store, (await store.section_digests("r"))["a"])
+        report = await store.verify(repair=True, source=replica)
+        assert report.repaired and not report.problems
+        assert await store.get("r") == snap
+        assert (await store.verify()).ok

@@ -1,38 +1,65 @@
-"""The snapshot store contract: a small set of blob/manifest primitives, and everything built on them.
+"""The snapshot store: a small object-store contract for backends, and the snapshot logic built on it.
 
 A snapshot is stored as a *manifest* (its container header: metadata plus,
-per section, length and SHA-256) and one content-addressed *blob* per
-section. Identical sections are stored once; deleting a snapshot removes only
-blobs no remaining manifest references. Backends implement the primitives
-(``_put_blob``, ``_get_blob``, ...); the shared logic here does the rest.
+per section, length and digest) under ``manifests/<id>``, and one
+content-addressed *blob* per distinct section under ``blobs/<xx>/<digest>``.
+Backends implement five object primitives and ``from_url``; everything else
+(dedup, verification, garbage collection, retention, locking) is here, so
+every backend gives the same guarantees. The locking protocol and the
+argument why garbage collection never removes a blob an acknowledged
+snapshot references are in ``docs/stores.md``.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import builtins
 import contextlib
-import datetime
-import hashlib
-import hmac
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import ClassVar, Self
 
 import msgspec
 
-from ..checksum import section_digest, verify_checksum, verify_signature
-from ..container import SnapshotHeader, assemble, build_header, decode_header, header_bytes
-from ..errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StateTransferError, StoreError
-from ..model import StateCreationReason, StateSection, StateSnapshot
+from ..checksum import section_digest
+from ..container import SnapshotHeader, assemble, build_header, decode_header
+from ..errors import (
+    ChecksumMismatch,
+    CorruptSnapshot,
+    SnapshotNotFound,
+    StateTransferError,
+    StoreError,
+    StoreLocked,
+    StoreWarning,
+)
+from ..model import StateSnapshot
+from ._locking import Held, ObjectLock, RWLock
+from ._manifest import SnapshotInfo, info_from_header, manifest_bytes, parse_manifest, verify_manifest
+from ._retention import check_rules, order_key, plan_prune
 
-__all__ = ["PruneReport", "SnapshotInfo", "SnapshotStore", "VerifyReport", "check_id"]
+__all__ = [
+    "ObjectInfo",
+    "PruneReport",
+    "SnapshotInfo",
+    "SnapshotListing",
+    "SnapshotStore",
+    "UnreadableEntry",
+    "VerifyReport",
+    "check_id",
+]
 
-MANIFEST_MAGIC = b"STMF\x02\n"
+MANIFESTS = "manifests/"
+BLOBS = "blobs/"
+DAMAGED = "damaged/"
 #: Snapshots with at least this many bytes of sections are hashed in a worker thread.
 _THREAD_ABOVE = 1 << 20
+#: Manifests read at once when listing a remote store.
+_READ_CONCURRENCY = 16
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
+_BLOB_KEY = re.compile(r"^blobs/([0-9a-f]{2})/([0-9a-f]{64})$")
 
 
 def check_id(value: str, what: str = "snapshot id") -> str:
@@ -47,19 +74,46 @@ def check_id(value: str, what: str = "snapshot id") -> str:
     return value
 
 
-class SnapshotInfo(msgspec.Struct, frozen=True):
-    """What :meth:`SnapshotStore.list` tells about a snapshot without reading its data."""
+def _is_safe_id(value: str) -> bool:
+    return bool(_SAFE_ID.match(value)) and ".." not in value
 
-    id: str
-    plugin_id: str
-    plugin_version: str
-    schema_version: int
-    timestamp: int
-    reason: StateCreationReason
-    tags: list[str]
-    expires_at: int | None
+
+def blob_key(digest: str) -> str:
+    """The object key of the blob with hex ``digest``."""
+    return f"{BLOBS}{digest[:2]}/{digest}"
+
+
+class ObjectInfo(msgspec.Struct, frozen=True):
+    """One entry a backend lists: its key, size, last-modified time (the storage's clock, seconds)."""
+
+    key: str
     size: int
-    created_ns: int = 0
+    mtime: float = 0.0
+    #: False for anything that is not a plain object or regular file (directories, FIFOs, symlinks):
+    #: the store reports such entries and never reads, follows or deletes them.
+    regular: bool = True
+
+
+class UnreadableEntry(msgspec.Struct, frozen=True):
+    """A store entry that could not be read: a damaged manifest, or a stray file the store did not write."""
+
+    key: str
+    reason: str
+    snapshot_id: str | None = None
+    plugin_id: str | None = None
+    mtime: float = 0.0
+
+
+class SnapshotListing(list[SnapshotInfo]):
+    """What :meth:`SnapshotStore.list` returns: the snapshots, newest first, and what could not be read.
+
+    Attributes:
+        unreadable: damaged manifests and stray entries that were skipped.
+    """
+
+    def __init__(self, infos: Iterable[SnapshotInfo] = (), unreadable: Iterable[UnreadableEntry] = ()) -> None:
+        super().__init__(infos)
+        self.unreadable = list(unreadable)
 
 
 class VerifyReport(msgspec.Struct):
@@ -70,6 +124,10 @@ class VerifyReport(msgspec.Struct):
     problems: list[str]
     blobs_checked: int = 0
     unreferenced_blobs: int = 0
+    #: What ``repair=True`` did (blobs rewritten from a source, damaged entries quarantined).
+    repaired: list[str] = msgspec.field(default_factory=list)
+    #: Entries the store did not write (skipped, never touched).
+    strays: list[str] = msgspec.field(default_factory=list)
 
 
 class PruneReport(msgspec.Struct):
@@ -79,73 +137,81 @@ class PruneReport(msgspec.Struct):
     kept: list[str]
     dry_run: bool
     blobs_removed: int = 0
+    #: Manifests that could not be read. While any exists, no blob is freed (what it references is unknown).
+    unreadable: list[UnreadableEntry] = msgspec.field(default_factory=list)
 
 
-def _order_key(info: SnapshotInfo) -> tuple[int, str]:
-    return (info.created_ns or info.timestamp * 1_000_000_000, info.id)
+class _Manifests(msgspec.Struct):
+    headers: list[tuple[ObjectInfo, SnapshotHeader, int]]
+    unreadable: list[UnreadableEntry]
 
 
 class SnapshotStore(abc.ABC):
     """Where snapshots are kept: backups, checkpoints, state moving between machines.
 
-    Subclasses implement the ``_``-prefixed primitives; blobs are keyed by
-    the hex SHA-256 of their bytes, manifests by snapshot id.
+    A backend implements :meth:`from_url` and five object primitives
+    (:meth:`read_object`, :meth:`write_object`, :meth:`delete_object`,
+    :meth:`list_objects`, :meth:`stat_object`) over keys such as
+    ``manifests/<id>``; a local backend also overrides :meth:`_process_lock`.
+    ``statetransfer.testing.StoreContract`` is the test suite every backend passes.
     """
 
     #: URL scheme of the backend (``file``, ``sqlite``, ``s3``, ``memory``).
-    scheme: str = ""
+    scheme: ClassVar[str] = ""
+    #: True when processes on other machines share the storage: locking then uses lock objects.
+    shared_by_machines: ClassVar[bool] = False
+    #: On a dedup hit, blobs up to this size are re-read and re-hashed; larger ones are length-checked.
+    verify_dedup_bytes: ClassVar[int] = 1 << 20
+    #: Seconds to wait for the store's lock before :class:`StoreLocked`.
+    lock_timeout: float = 600.0
+    #: Seconds after which a lock object nobody refreshed is dead (``shared_by_machines`` backends).
+    lock_stale: float = 120.0
 
-    # -- primitives (the backend contract) ---------------------------------------------------------
+    # -- the backend contract ----------------------------------------------------------------------
+    @classmethod
     @abc.abstractmethod
-    async def _put_blob(self, digest: str, data: bytes) -> None:
-        """Store ``data`` under ``digest`` atomically (idempotent)."""
+    def from_url(cls, url: str, *, create: bool = True) -> Self:
+        """Open the store at ``url``.
 
-    @abc.abstractmethod
-    async def _get_blob(self, digest: str) -> bytes:
-        """The blob's bytes; raise ``KeyError`` if absent."""
-
-    @abc.abstractmethod
-    async def _has_blob(self, digest: str) -> bool:
-        """Whether the blob exists."""
-
-    @abc.abstractmethod
-    async def _delete_blob(self, digest: str) -> None:
-        """Remove a blob (no error if absent)."""
-
-    @abc.abstractmethod
-    async def _list_blobs(self) -> set[str]:
-        """Digests of every stored blob."""
-
-    @abc.abstractmethod
-    async def _put_manifest(self, snapshot_id: str, data: bytes) -> None:
-        """Store a manifest atomically; raise :class:`StoreError` if the id exists (never overwrite)."""
+        With ``create=False``, a location holding no store raises
+        :class:`StoreNotFound` and nothing is created. A location holding
+        something that is not a store (a non-empty directory, another
+        database) is refused with :class:`StoreError` either way.
+        """
 
     @abc.abstractmethod
-    async def _get_manifest(self, snapshot_id: str) -> bytes:
-        """The manifest's bytes; raise ``KeyError`` if absent."""
+    async def read_object(self, key: str) -> bytes:
+        """The bytes stored under ``key``; ``KeyError`` if absent."""
 
     @abc.abstractmethod
-    async def _list_manifests(self) -> list[tuple[str, bytes]]:
-        """(snapshot id, manifest bytes) for every stored snapshot."""
+    async def write_object(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        """Store ``data`` under ``key`` atomically (a reader sees the old bytes or the new, never a mix).
+
+        With ``exclusive``, raise ``FileExistsError`` if ``key`` exists (never overwrite).
+        """
 
     @abc.abstractmethod
-    async def _delete_manifest(self, snapshot_id: str) -> None:
-        """Remove a manifest (no error if absent)."""
+    async def delete_object(self, key: str) -> None:
+        """Remove ``key`` (no error if absent). Never removes anything but a plain object of that key."""
 
-    @contextlib.asynccontextmanager
-    async def _exclusive(self) -> AsyncIterator[None]:
-        """Held by delete/prune (blob garbage collection); puts hold :meth:`_shared`."""
-        yield
+    @abc.abstractmethod
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every entry whose key starts with ``prefix`` (a directory prefix ending in ``/``)."""
 
-    @contextlib.asynccontextmanager
-    async def _shared(self) -> AsyncIterator[None]:
-        """Held by put, so garbage collection never removes a blob a put is about to reference."""
-        yield
+    @abc.abstractmethod
+    async def stat_object(self, key: str) -> ObjectInfo | None:
+        """What :meth:`list_objects` would say about ``key``, or ``None`` if absent."""
+
+    def _process_lock(self, exclusive: bool) -> contextlib.AbstractAsyncContextManager[Held | None]:
+        """The lock between processes: lock objects when shared by machines, else none (one process)."""
+        if self.shared_by_machines:
+            return ObjectLock(self, stale=self.lock_stale, timeout=self.lock_timeout).hold(exclusive)
+        return contextlib.nullcontext(None)
 
     async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release connections and files."""
 
-    async def __aenter__(self) -> SnapshotStore:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -155,23 +221,37 @@ class SnapshotStore(abc.ABC):
     async def put(self, snapshot: StateSnapshot) -> SnapshotInfo:
         """Store ``snapshot``; only sections not already stored are written.
 
+        A section whose blob already exists is checked first (its length
+        always, its content when small): a damaged blob is rewritten from
+        the bytes in hand, so an acknowledged put is always readable.
+
         Raises:
             StoreError: unsafe ids, or a snapshot with this id already exists.
             ChecksumMismatch: the snapshot's checksum is wrong.
+            StoreLocked: garbage collection held the store longer than ``lock_timeout``.
         """
         check_id(snapshot.id)
         check_id(snapshot.plugin_id, "plugin id")
         large = sum(len(s.data) for s in snapshot.sections.values()) >= _THREAD_ABOVE
         parsed = await asyncio.to_thread(build_header, snapshot) if large else build_header(snapshot)
-        manifest = _manifest_bytes(parsed)
-        payloads = [sec.data for sec in snapshot.sections.values()]
-        async with self._shared():
-            for sh, payload in zip(parsed.sections, payloads, strict=True):
-                digest = sh.digest.hex()
-                if not await self._has_blob(digest):
-                    await self._put_blob(digest, payload)
-            await self._put_manifest(snapshot.id, manifest)
-        return _info(parsed, len(manifest))
+        manifest = manifest_bytes(parsed)
+        blobs = {sh.digest.hex(): sec.data for sh, sec in zip(parsed.sections, snapshot.sections.values(), strict=True)}
+        async with self._hold(exclusive=False) as lease:
+            for digest, payload in blobs.items():
+                await self._ensure_blob(digest, payload)
+            if lease is not None and not lease.fresh():  # slow put: a collector may have judged our lock dead
+                await lease.write()
+                for digest, payload in blobs.items():
+                    await self._ensure_blob(digest, payload)
+            try:
+                await self.write_object(MANIFESTS + snapshot.id, manifest, exclusive=True)
+            except FileExistsError:
+                msg = f"snapshot {snapshot.id!r} already exists in {self!r}"
+                raise StoreError(msg, snapshot_id=snapshot.id) from None
+            if lease is not None and not await lease.still_present():  # see docs/stores.md, "slow holders"
+                for digest, payload in blobs.items():
+                    await self._ensure_blob(digest, payload)
+        return info_from_header(parsed, len(manifest))
 
     async def get(self, snapshot_id: str, *, verify_key: bytes | None = None) -> StateSnapshot:
         """The snapshot with ``snapshot_id``, every section verified.
@@ -182,17 +262,18 @@ class SnapshotStore(abc.ABC):
                 signature by this key (checked before any blob is read).
 
         Raises:
-            SnapshotNotFound: no such snapshot.
+            SnapshotNotFound: no such snapshot (or it was deleted while being read).
             ChecksumMismatch: a stored section or the manifest is damaged, or the signature is bad/missing.
         """
         header = await self._header(snapshot_id)
         if verify_key is not None:
-            _verify_manifest(header, verify_key)
+            verify_manifest(header, verify_key)
         payloads = []
         for sh in header.sections:
             try:
-                payloads.append(await self._get_blob(sh.digest.hex()))
+                payloads.append(await self.read_object(blob_key(sh.digest.hex())))
             except KeyError:
+                await self._manifest(snapshot_id)  # SnapshotNotFound if it was deleted meanwhile
                 msg = f"snapshot {snapshot_id!r} is damaged: blob of section {sh.name!r} is missing"
                 raise ChecksumMismatch(msg) from None
         if sum(map(len, payloads)) >= _THREAD_ABOVE:
@@ -202,35 +283,62 @@ class SnapshotStore(abc.ABC):
     async def info(self, snapshot_id: str) -> SnapshotInfo:
         """What :meth:`list` says about one snapshot."""
         manifest = await self._manifest(snapshot_id)
-        return _info(_parse_manifest(manifest, snapshot_id), len(manifest))
+        return info_from_header(self._parse(manifest, snapshot_id), len(manifest))
 
-    async def list(self, plugin_id: str | None = None, tags: Iterable[str] | None = None) -> list[SnapshotInfo]:
-        """Snapshots (newest first), optionally of one plugin and carrying all ``tags``. Reads manifests only."""
+    async def section_digests(self, snapshot_id: str) -> dict[str, str]:
+        """Section name → hex digest of the blob holding it (what dedup and verification key on)."""
+        header = await self._header(snapshot_id)
+        return {sh.name: sh.digest.hex() for sh in header.sections}
+
+    async def resolve(self, id_or_prefix: str) -> str:
+        """The id of the one snapshot whose id is ``id_or_prefix`` or starts with it.
+
+        Raises:
+            SnapshotNotFound: no snapshot matches, or the prefix is ambiguous (the message lists candidates).
+        """
+        if _is_safe_id(id_or_prefix) and await self.stat_object(MANIFESTS + id_or_prefix) is not None:
+            return id_or_prefix
+        names = [o.key[len(MANIFESTS) :] for o in await self.list_objects(MANIFESTS) if o.regular]
+        matches = sorted(n for n in names if n.startswith(id_or_prefix) and _is_safe_id(n))
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise SnapshotNotFound(f"no snapshot {id_or_prefix!r} in {self!r}", snapshot_id=id_or_prefix)
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        msg = f"snapshot id prefix {id_or_prefix!r} is ambiguous in {self!r}: {len(matches)} match ({shown})"
+        raise SnapshotNotFound(msg, snapshot_id=id_or_prefix)
+
+    async def list(self, plugin_id: str | None = None, tags: Iterable[str] | None = None) -> SnapshotListing:
+        """Snapshots (newest first), optionally of one plugin and carrying all ``tags``. Reads manifests only.
+
+        Manifests that cannot be read are skipped, listed in the result's
+        ``unreadable`` attribute and reported with a :class:`StoreWarning`.
+        """
         wanted = set(tags or ())
-        infos = []
-        for snapshot_id, manifest in await self._list_manifests():
-            try:
-                info = _info(_parse_manifest(manifest, snapshot_id), len(manifest))
-            except CorruptSnapshot:
-                continue  # verify() reports it; listing stays usable
-            if plugin_id is not None and info.plugin_id != plugin_id:
-                continue
-            if not wanted <= set(info.tags):
-                continue
-            infos.append(info)
-        infos.sort(key=_order_key, reverse=True)
-        return infos
+        found = await self._read_manifests()
+        infos = [
+            info_from_header(header, size)
+            for _, header, size in found.headers
+            if (plugin_id is None or header.plugin_id == plugin_id) and wanted <= set(header.metadata.tags)
+        ]
+        infos.sort(key=order_key, reverse=True)
+        unreadable = [u for u in found.unreadable if plugin_id is None or u.plugin_id in (None, plugin_id)]
+        _warn_unreadable(self, unreadable)
+        return SnapshotListing(infos, unreadable)
 
     async def delete(self, snapshot_id: str) -> None:
         """Remove a snapshot, and the blobs no other snapshot uses.
 
         Raises:
             SnapshotNotFound: no such snapshot.
+            StoreLocked: puts kept the store busy longer than ``lock_timeout``.
         """
-        async with self._exclusive():
+        check_id(snapshot_id)
+        async with self._hold(exclusive=True) as lease:
             await self._manifest(snapshot_id)
-            await self._delete_manifest(snapshot_id)
-            await self._collect_garbage()
+            await self.delete_object(MANIFESTS + snapshot_id)
+            _, unreadable = await self._collect_garbage(lease)
+        _warn_unreadable(self, unreadable)
 
     async def prune(
         self,
@@ -238,179 +346,259 @@ class SnapshotStore(abc.ABC):
         keep_daily: int | None = None,
         keep_weekly: int | None = None,
         dry_run: bool = False,
+        *,
+        group_by: Sequence[str] = ("plugin_id", "reason"),
     ) -> PruneReport:
-        """Apply retention per plugin and remove expired snapshots.
+        """Apply retention per group of snapshots, and remove expired snapshots.
 
         Expired snapshots (``expires_at`` in the past) are always removed. When
-        any keep rule is given, a snapshot survives only if one rule keeps it:
-        the ``keep_last`` newest; the newest of each of the ``keep_daily`` most
-        recent days (UTC); the newest of each of the ``keep_weekly`` most
-        recent ISO weeks. With no rule, only expired snapshots go.
+        any keep rule is given, a snapshot survives only if one rule keeps it,
+        within its group (by default the same plugin *and* reason, so hot-reload
+        checkpoints never push out backups): the ``keep_last`` newest; the newest
+        of each of the ``keep_daily`` most recent days (UTC); the newest of each
+        of the ``keep_weekly`` most recent ISO weeks. With no rule, only expired
+        snapshots go. Unreadable manifests are reported (and, while any exists,
+        no blob is freed, since what it references is unknown).
+
+        Raises:
+            InvalidArgument: a negative count or an unknown ``group_by`` field.
+            StoreLocked: puts kept the store busy longer than ``lock_timeout``.
         """
-        for name, value in (("keep_last", keep_last), ("keep_daily", keep_daily), ("keep_weekly", keep_weekly)):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise StoreError(f"{name} must be a non-negative int, got {value!r}")
-        async with self._exclusive():
-            infos = await self.list()
-            now = time.time()
-            rules = keep_last is not None or keep_daily is not None or keep_weekly is not None
-            by_plugin: dict[str, list[SnapshotInfo]] = {}
-            for info in infos:
-                by_plugin.setdefault(info.plugin_id, []).append(info)
-            keep: set[str] = set()
-            for group in by_plugin.values():  # newest first already
-                live = [i for i in group if i.expires_at is None or i.expires_at >= now]
-                if not rules:
-                    keep.update(i.id for i in live)
-                    continue
-                keep.update(i.id for i in live[: keep_last or 0])
-                keep.update(_newest_per_period(live, keep_daily or 0, _day))
-                keep.update(_newest_per_period(live, keep_weekly or 0, _week))
-            removed = [i.id for i in infos if i.id not in keep]
-            kept = [i.id for i in infos if i.id in keep]
+        check_rules(keep_last, keep_daily, keep_weekly, group_by)
+        lock = contextlib.nullcontext(None) if dry_run else self._hold(exclusive=True)
+        async with lock as lease:
+            found = await self._read_manifests()
+            infos = [info_from_header(header, size) for _, header, size in found.headers]
+            removed, kept = plan_prune(
+                infos, keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
+                group_by=group_by, now=time.time(),
+            )  # fmt: skip
             blobs_removed = 0
             if not dry_run and removed:
                 for snapshot_id in removed:
-                    await self._delete_manifest(snapshot_id)
-                blobs_removed = await self._collect_garbage()
-            return PruneReport(removed, kept, dry_run, blobs_removed)
+                    await self.delete_object(MANIFESTS + snapshot_id)
+                blobs_removed, _ = await self._collect_garbage(lease)
+        unreadable = [u for u in found.unreadable if u.snapshot_id is not None]
+        _warn_unreadable(self, unreadable)
+        return PruneReport(removed, kept, dry_run, blobs_removed, unreadable)
 
     async def verify(
-        self, read_data: bool = True, *, progress: Callable[[int, int], None] | None = None
+        self,
+        read_data: bool = True,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        repair: bool = False,
+        source: SnapshotStore | None = None,
     ) -> VerifyReport:
-        """Check every manifest's checksum and that its blobs exist; with ``read_data``, re-hash every blob.
+        """Check every manifest and that its blobs exist; with ``read_data``, re-hash every blob.
 
-        Problems are reported, never raised. ``progress(done, total)`` is
-        called after each snapshot checked.
+        Problems are reported, never raised. Runs beside puts and prunes
+        without locking them out: a snapshot deleted while being checked is
+        not a problem, so a healthy store is never reported damaged.
+
+        Args:
+            read_data: re-read and re-hash every referenced blob.
+            progress: called as ``progress(done, total)`` after each snapshot.
+            repair: heal what can be healed. Missing or damaged blobs are
+                copied from ``source`` when it holds them intact; damaged
+                blobs it cannot restore and unreadable manifests are moved to
+                ``damaged/`` (so a later put of the same content writes the
+                blob afresh, and garbage collection is no longer blocked).
+            source: another store (a replica) to take intact blobs from.
         """
         problems: list[str] = []
-        checked = 0
+        repaired: list[str] = []
         try:
-            manifests = await self._list_manifests()
-            blobs = await self._list_blobs()
+            found = await self._read_manifests()
+            blob_entries = await self.list_objects(BLOBS)
         except StateTransferError as exc:
             return VerifyReport(False, 0, [f"cannot list the store: {exc}"])
+        blobs, strays = _split_blobs(blob_entries)
+        strays += [u.key for u in found.unreadable if u.snapshot_id is None]
+        for entry in found.unreadable:
+            if entry.snapshot_id is None or await self.stat_object(entry.key) is None:
+                continue  # a stray, or deleted since listing
+            problems.append(f"snapshot {entry.snapshot_id!r}: manifest damaged: {entry.reason}")
+            if repair:
+                await self._quarantine(entry.key)
+                repaired.append(f"moved damaged manifest {entry.snapshot_id!r} to {DAMAGED}")
         referenced: set[str] = set()
-        hashed: dict[str, bool] = {}
-        for snapshot_id, manifest in manifests:
-            checked += 1
-            if progress is not None:
-                progress(checked - 1, len(manifests))
-            try:
-                header = _parse_manifest(manifest, snapshot_id)
-                _verify_manifest(header)
-            except StateTransferError as exc:
-                problems.append(f"snapshot {snapshot_id!r}: manifest damaged: {exc}")
-                continue
+        state: dict[str, str] = {}  # digest -> "ok" | "missing" | "damaged"
+        total = len(found.headers) + sum(1 for u in found.unreadable if u.snapshot_id is not None)
+        for done, (obj, header, _) in enumerate(found.headers, 1):
             for sh in header.sections:
                 digest = sh.digest.hex()
                 referenced.add(digest)
-                if digest not in blobs:
-                    problems.append(f"snapshot {snapshot_id!r}: blob {digest[:16]} of section {sh.name!r} is missing")
+                if digest not in state:
+                    state[digest] = await self._blob_state(digest, sh.length, digest in blobs, read_data)
+                if state[digest] == "ok":
                     continue
-                if read_data and digest not in hashed:
-                    hashed[digest] = await self._blob_intact(digest, sh.length)
-                if read_data and not hashed[digest]:
-                    problems.append(f"snapshot {snapshot_id!r}: blob {digest[:16]} of section {sh.name!r} is damaged")
-        if progress is not None:
-            progress(checked, len(manifests))
-        return VerifyReport(not problems, checked, problems, len(hashed), len(blobs - referenced))
+                if await self.stat_object(obj.key) is None:
+                    continue  # the snapshot was deleted while we checked it: not a problem
+                if repair and state[digest] != "repaired":
+                    state[digest] = await self._repair_blob(digest, state[digest], source, repaired)
+                if state[digest] != "repaired":
+                    short = digest[:16]
+                    problems.append(f"snapshot {header.id!r}: blob {short} of section {sh.name!r} is {state[digest]}")
+            if progress is not None:
+                progress(done, total)
+        checked = len(found.headers)
+        hashed = sum(1 for s in state.values() if s != "missing") if read_data else 0
+        return VerifyReport(
+            not problems, checked, problems, hashed, len(blobs - referenced), repaired, sorted(set(strays))
+        )
 
     # -- helpers -----------------------------------------------------------------------------------
-    async def _blob_intact(self, digest: str, length: int) -> bool:
+    @contextlib.asynccontextmanager
+    async def _hold(self, exclusive: bool) -> AsyncIterator[Held | None]:
+        """The store's lock: shared for puts, exclusive for garbage collection; in-process, then between processes."""
+        rw = self.__dict__.get("_st_rwlock")
+        if rw is None:
+            rw = self.__dict__["_st_rwlock"] = RWLock()
+        async with rw.exclusive() if exclusive else rw.shared(), self._process_lock(exclusive) as lease:
+            yield lease
+
+    async def _ensure_blob(self, digest: str, payload: bytes) -> None:
+        """Make sure the blob ``digest`` holds ``payload``: write it if absent or known bad."""
+        key = blob_key(digest)
+        existing = await self.stat_object(key)
+        trusted = existing is not None and existing.regular and existing.size == len(payload)
+        if trusted and len(payload) <= self.verify_dedup_bytes:
+            trusted = await self._blob_state(digest, len(payload), True, True) == "ok"
+        if trusted:
+            return
+        await self.write_object(key, payload)
+
+    async def _blob_state(self, digest: str, length: int, listed: bool, read_data: bool) -> str:
+        if not read_data:
+            return "ok" if listed or await self.stat_object(blob_key(digest)) is not None else "missing"
         try:
-            data = await self._get_blob(digest)
-        except (KeyError, StateTransferError):
-            return False
-        if len(data) >= _THREAD_ABOVE:
-            return len(data) == length and await asyncio.to_thread(section_digest, data) == bytes.fromhex(digest)
-        return len(data) == length and section_digest(data) == bytes.fromhex(digest)
+            data = await self.read_object(blob_key(digest))
+        except KeyError:
+            return "missing"
+        except StoreError:
+            return "damaged"
+        if len(data) != length:
+            return "damaged"
+        actual = await asyncio.to_thread(section_digest, data) if length >= _THREAD_ABOVE else section_digest(data)
+        return "ok" if actual.hex() == digest else "damaged"
+
+    async def _repair_blob(
+        self, digest: str, status: str, source: SnapshotStore | None, done: builtins.list[str]
+    ) -> str:
+        async with self._hold(exclusive=False):
+            if source is not None:
+                try:
+                    data = await source.read_object(blob_key(digest))
+                except (KeyError, StoreError):
+                    data = None
+                if data is not None and section_digest(data).hex() == digest:
+                    await self.write_object(blob_key(digest), data)
+                    done.append(f"rewrote {status} blob {digest[:16]} from {source!r}")
+                    return "repaired"
+            if status == "damaged":
+                await self._quarantine(blob_key(digest))
+                done.append(f"moved damaged blob {digest[:16]} to {DAMAGED} (a put of the same content rewrites it)")
+        return status
+
+    async def _quarantine(self, key: str) -> None:
+        try:
+            data = await self.read_object(key)
+        except KeyError:
+            return
+        await self.write_object(DAMAGED + key.replace("/", "_"), data)
+        await self.delete_object(key)
 
     async def _manifest(self, snapshot_id: str) -> bytes:
         check_id(snapshot_id)
         try:
-            return await self._get_manifest(snapshot_id)
+            return await self.read_object(MANIFESTS + snapshot_id)
         except KeyError:
-            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self!r}") from None
+            raise SnapshotNotFound(f"no snapshot {snapshot_id!r} in {self!r}", snapshot_id=snapshot_id) from None
+
+    @staticmethod
+    def _parse(manifest: bytes, snapshot_id: str) -> SnapshotHeader:
+        try:
+            return parse_manifest(manifest, snapshot_id)
+        except CorruptSnapshot as exc:
+            exc.snapshot_id = exc.snapshot_id or snapshot_id
+            raise
 
     async def _header(self, snapshot_id: str) -> SnapshotHeader:
-        return _parse_manifest(await self._manifest(snapshot_id), snapshot_id)
+        return self._parse(await self._manifest(snapshot_id), snapshot_id)
 
-    async def _collect_garbage(self) -> int:
-        """Delete blobs no manifest references; returns how many. Callers hold :meth:`_exclusive`."""
-        referenced: set[str] = set()
-        for snapshot_id, manifest in await self._list_manifests():
+    async def _read_manifests(self) -> _Manifests:
+        """Every manifest, parsed; damaged ones and strays as :class:`UnreadableEntry`. Lock-free."""
+        entries = await self.list_objects(MANIFESTS)
+        headers: list[tuple[ObjectInfo, SnapshotHeader, int]] = []
+        unreadable: list[UnreadableEntry] = []
+        limit = asyncio.Semaphore(_READ_CONCURRENCY)
+
+        async def read(obj: ObjectInfo) -> None:
+            name = obj.key[len(MANIFESTS) :]
+            if not obj.regular or not _is_safe_id(name):
+                unreadable.append(UnreadableEntry(obj.key, "not written by this store (skipped)", mtime=obj.mtime))
+                return
+            async with limit:
+                try:
+                    data = await self.read_object(obj.key)
+                except KeyError:
+                    return  # deleted since listing
             try:
-                header = _parse_manifest(manifest, snapshot_id)
-            except CorruptSnapshot:
-                return 0  # cannot tell what a damaged manifest references: delete nothing
-            referenced.update(sh.digest.hex() for sh in header.sections)
-        orphans = await self._list_blobs() - referenced
+                headers.append((obj, parse_manifest(data, name), len(data)))
+            except CorruptSnapshot as exc:
+                unreadable.append(UnreadableEntry(obj.key, str(exc), name, _peek_plugin_id(data), obj.mtime))
+
+        await asyncio.gather(*(read(obj) for obj in entries))
+        headers.sort(key=lambda item: item[0].key)
+        unreadable.sort(key=lambda u: u.key)
+        return _Manifests(headers, unreadable)
+
+    async def _collect_garbage(self, lease: Held | None) -> tuple[int, builtins.list[UnreadableEntry]]:
+        """Delete blobs no manifest references; returns how many, and the unreadable manifests that stopped it.
+
+        Callers hold the exclusive lock, so no put is between writing its
+        blobs and its manifest. While any manifest is unreadable nothing is
+        deleted: what it references is unknown.
+        """
+        found = await self._read_manifests()
+        damaged = [u for u in found.unreadable if u.snapshot_id is not None]
+        if damaged:
+            return 0, damaged
+        referenced = {sh.digest.hex() for _, header, _ in found.headers for sh in header.sections}
+        blobs, _ = _split_blobs(await self.list_objects(BLOBS))
+        orphans = sorted(blobs - referenced)
         for digest in orphans:
-            await self._delete_blob(digest)
-        return len(orphans)
+            if lease is not None and not lease.fresh():
+                msg = f"{self!r}: garbage collection stopped: its lock could not be refreshed in time"
+                raise StoreLocked(msg)
+            await self.delete_object(blob_key(digest))
+        return len(orphans), []
 
 
-def _manifest_bytes(header: SnapshotHeader) -> bytes:
-    """A manifest: magic, SHA-256 of the header bytes, the header (the container's, without section data)."""
-    body = header_bytes(header)
-    return MANIFEST_MAGIC + hashlib.sha256(body).digest() + body
+def _split_blobs(entries: builtins.list[ObjectInfo]) -> tuple[set[str], builtins.list[str]]:
+    """Blob digests, and keys under ``blobs/`` the store did not write (never deleted)."""
+    digests: set[str] = set()
+    strays: list[str] = []
+    for obj in entries:
+        match = _BLOB_KEY.match(obj.key)
+        if obj.regular and match and match.group(2).startswith(match.group(1)):
+            digests.add(match.group(2))
+        else:
+            strays.append(obj.key)
+    return digests, strays
 
 
-def _parse_manifest(data: bytes, snapshot_id: str) -> SnapshotHeader:
-    if not data.startswith(MANIFEST_MAGIC):
-        raise CorruptSnapshot(f"manifest of {snapshot_id!r} has wrong magic bytes")
-    start = len(MANIFEST_MAGIC) + 32
-    view = memoryview(data)
-    if len(data) < start or not hmac.compare_digest(hashlib.sha256(view[start:]).digest(), view[start - 32 : start]):
-        raise ChecksumMismatch(f"manifest of {snapshot_id!r} is damaged (digest mismatch)")
-    header = decode_header(view[start:])
-    if header.id != snapshot_id:
-        raise CorruptSnapshot(f"manifest stored as {snapshot_id!r} describes snapshot {header.id!r}")
-    return header
+def _peek_plugin_id(data: bytes) -> str | None:
+    """The plugin id a damaged manifest seems to name, if its header still decodes (best effort)."""
+    with contextlib.suppress(Exception):
+        return decode_header(memoryview(data)[38:]).plugin_id
+    return None
 
 
-def _verify_manifest(header: SnapshotHeader, verify_key: bytes | None = None) -> None:
-    """Check a manifest's checksum (and signature, given the key) from its section digests, without reading blobs."""
-    sections = {
-        sh.name: StateSection(sh.name, sh.schema_version, b"", sh.compressed, sh.encryption, sh.metadata)
-        for sh in header.sections
-    }
-    skeleton = StateSnapshot(
-        header.id, header.plugin_id, header.plugin_version, header.schema_version,
-        header.timestamp, sections, header.metadata, header.checksum, header.created_ns, header.signature,
-    )  # fmt: skip
-    digests = {sh.name: sh.digest for sh in header.sections}
-    lengths = {sh.name: sh.length for sh in header.sections}
-    verify_checksum(skeleton, digests=digests, lengths=lengths)
-    if verify_key is not None:
-        verify_signature(skeleton, verify_key, digests=digests, lengths=lengths)
-
-
-def _info(header: SnapshotHeader, manifest_size: int) -> SnapshotInfo:
-    meta = header.metadata
-    size = manifest_size + sum(sh.length for sh in header.sections)
-    return SnapshotInfo(header.id, header.plugin_id, header.plugin_version, header.schema_version,
-                        header.timestamp, meta.reason, list(meta.tags), meta.expires_at, size,
-                        header.created_ns)  # fmt: skip
-
-
-def _day(info: SnapshotInfo) -> Any:
-    return datetime.datetime.fromtimestamp(info.timestamp, datetime.UTC).date()
-
-
-def _week(info: SnapshotInfo) -> Any:
-    return datetime.datetime.fromtimestamp(info.timestamp, datetime.UTC).isocalendar()[:2]
-
-
-def _newest_per_period(infos: list[SnapshotInfo], count: int, period: Any) -> list[str]:
-    kept: list[str] = []
-    seen: set[Any] = set()
-    for info in infos:  # newest first
-        if len(seen) >= count:
-            break
-        key = period(info)
-        if key not in seen:
-            seen.add(key)
-            kept.append(info.id)
-    return kept
+def _warn_unreadable(store: SnapshotStore, unreadable: Sequence[UnreadableEntry]) -> None:
+    if not unreadable:
+        return
+    names = ", ".join(repr(u.snapshot_id or u.key) for u in unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+    msg = f"{store!r}: {len(unreadable)} entries could not be read and were skipped: {names}"
+    warnings.warn(StoreWarning(msg), stacklevel=3)

@@ -2,62 +2,58 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+import time
+from typing import ClassVar, Self
 
-from ..errors import StoreError
-from .base import SnapshotStore
+from ..errors import StoreNotFound
+from .base import ObjectInfo, SnapshotStore
 
 __all__ = ["MemoryStore"]
 
 
 class MemoryStore(SnapshotStore):
-    """Keeps blobs and manifests in dicts; ``open_store("memory://x")`` twice gives the same store."""
+    """Keeps objects in a dict; ``open_store("memory://x")`` twice gives the same store.
+
+    Nothing survives the process: a memory store cannot carry state to another process.
+    """
 
     scheme = "memory"
+    verify_dedup_bytes = 1 << 62  # reading is free: always check content on a dedup hit
     _named: ClassVar[dict[str, MemoryStore]] = {}
 
     def __init__(self, name: str = "") -> None:
         self.name = name
-        self._blobs: dict[str, bytes] = {}
-        self._manifests: dict[str, bytes] = {}
+        self._objects: dict[str, tuple[bytes, float]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore({self.name!r})"
 
     @classmethod
-    def from_url(cls, url: str) -> MemoryStore:
+    def from_url(cls, url: str, *, create: bool = True) -> Self:
         name = url.partition("://")[2]
+        existing = cls._named.get(name) if name else None
+        if existing is None and not create:
+            raise StoreNotFound(f"no store at {url!r} (no memory store of that name in this process)", location=url)
         if not name:
             return cls()
-        if name not in cls._named:
-            cls._named[name] = cls(name)
-        return cls._named[name]
+        if existing is None:
+            existing = cls._named[name] = cls(name)
+        return existing  # type: ignore[return-value]
 
-    async def _put_blob(self, digest: str, data: bytes) -> None:
-        self._blobs[digest] = bytes(data)
+    async def read_object(self, key: str) -> bytes:
+        return self._objects[key][0]
 
-    async def _get_blob(self, digest: str) -> bytes:
-        return self._blobs[digest]
+    async def write_object(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        if exclusive and key in self._objects:
+            raise FileExistsError(key)
+        self._objects[key] = (bytes(data), time.time())
 
-    async def _has_blob(self, digest: str) -> bool:
-        return digest in self._blobs
+    async def delete_object(self, key: str) -> None:
+        self._objects.pop(key, None)
 
-    async def _delete_blob(self, digest: str) -> None:
-        self._blobs.pop(digest, None)
+    async def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        return [ObjectInfo(k, len(d), t) for k, (d, t) in list(self._objects.items()) if k.startswith(prefix)]
 
-    async def _list_blobs(self) -> set[str]:
-        return set(self._blobs)
-
-    async def _put_manifest(self, snapshot_id: str, data: bytes) -> None:
-        if snapshot_id in self._manifests:
-            raise StoreError(f"snapshot {snapshot_id!r} already exists in {self!r}")
-        self._manifests[snapshot_id] = data
-
-    async def _get_manifest(self, snapshot_id: str) -> bytes:
-        return self._manifests[snapshot_id]
-
-    async def _list_manifests(self) -> list[tuple[str, bytes]]:
-        return list(self._manifests.items())
-
-    async def _delete_manifest(self, snapshot_id: str) -> None:
-        self._manifests.pop(snapshot_id, None)
+    async def stat_object(self, key: str) -> ObjectInfo | None:
+        entry = self._objects.get(key)
+        return None if entry is None else ObjectInfo(key, len(entry[0]), entry[1])

@@ -1,0 +1,91 @@
+"""The manifest: how a stored snapshot's header is kept apart from its section blobs."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import msgspec
+
+from ..checksum import verify_checksum, verify_signature
+from ..container import SnapshotHeader, build_header, decode_header, header_bytes
+from ..errors import ChecksumMismatch, CorruptSnapshot
+from ..model import StateCreationReason, StateSection, StateSnapshot
+
+__all__ = [
+    "MANIFEST_MAGIC",
+    "SnapshotInfo",
+    "build_header",
+    "info_from_header",
+    "manifest_bytes",
+    "parse_manifest",
+    "verify_manifest",
+]
+
+MANIFEST_MAGIC = b"STMF\x02\n"
+
+
+class SnapshotInfo(msgspec.Struct, frozen=True):
+    """What :meth:`SnapshotStore.list` tells about a snapshot without reading its data."""
+
+    id: str
+    plugin_id: str
+    plugin_version: str
+    schema_version: int
+    timestamp: int
+    reason: StateCreationReason
+    tags: list[str]
+    expires_at: int | None
+    size: int
+    created_ns: int = 0
+
+
+def manifest_bytes(header: SnapshotHeader) -> bytes:
+    """A manifest: magic, SHA-256 of the header bytes, the header (the container's, without section data)."""
+    body = header_bytes(header)
+    return MANIFEST_MAGIC + hashlib.sha256(body).digest() + body
+
+
+def parse_manifest(data: bytes, snapshot_id: str) -> SnapshotHeader:
+    """The header a manifest holds, checked against its digest and the id it is stored under.
+
+    Raises:
+        CorruptSnapshot: wrong magic, undecodable header, or a header of another snapshot.
+        ChecksumMismatch: the header bytes do not match the manifest's digest.
+    """
+    if not data.startswith(MANIFEST_MAGIC):
+        raise CorruptSnapshot(f"manifest of {snapshot_id!r} has wrong magic bytes")
+    start = len(MANIFEST_MAGIC) + 32
+    view = memoryview(data)
+    if len(data) < start or not hmac.compare_digest(hashlib.sha256(view[start:]).digest(), view[start - 32 : start]):
+        raise ChecksumMismatch(f"manifest of {snapshot_id!r} is damaged (digest mismatch)")
+    header = decode_header(view[start:])
+    if header.id != snapshot_id:
+        raise CorruptSnapshot(f"manifest stored as {snapshot_id!r} describes snapshot {header.id!r}")
+    return header
+
+
+def verify_manifest(header: SnapshotHeader, verify_key: bytes | None = None) -> None:
+    """Check a manifest's checksum (and signature, given the key) from its section digests, without reading blobs."""
+    sections = {
+        sh.name: StateSection(sh.name, sh.schema_version, b"", sh.compressed, sh.encryption, sh.metadata)
+        for sh in header.sections
+    }
+    skeleton = StateSnapshot(
+        header.id, header.plugin_id, header.plugin_version, header.schema_version,
+        header.timestamp, sections, header.metadata, header.checksum, header.created_ns, header.signature,
+    )  # fmt: skip
+    digests = {sh.name: sh.digest for sh in header.sections}
+    lengths = {sh.name: sh.length for sh in header.sections}
+    verify_checksum(skeleton, digests=digests, lengths=lengths)
+    if verify_key is not None:
+        verify_signature(skeleton, verify_key, digests=digests, lengths=lengths)
+
+
+def info_from_header(header: SnapshotHeader, manifest_size: int) -> SnapshotInfo:
+    """The :class:`SnapshotInfo` of a parsed manifest of ``manifest_size`` bytes."""
+    meta = header.metadata
+    size = manifest_size + sum(sh.length for sh in header.sections)
+    return SnapshotInfo(header.id, header.plugin_id, header.plugin_version, header.schema_version,
+                        header.timestamp, meta.reason, list(meta.tags), meta.expires_at, size,
+                        header.created_ns)  # fmt: skip

@@ -11,7 +11,14 @@ from click.testing import CliRunner
 
 import statetransfer as st
 from statetransfer.cli import UsageProblem, exit_code, main
-from statetransfer.errors import PluginError, StoreNotFound
+from statetransfer.errors import (
+    InvalidArgument,
+    InvalidStoreURL,
+    MissingDependency,
+    PluginError,
+    StoreNotFound,
+    WriteFailed,
+)
 
 from .test_cli import keyring_file, run, snap_file
 
@@ -28,7 +35,6 @@ def one_line(err: str) -> bool:
 @pytest.mark.parametrize(
     "args",
     [
-        pytest.param(["keygen", "--out", "/missing/dir/k.json"], id="keygen-missing-dir"),
         pytest.param(["--keyring", "MALFORMED", "rekey", "FILE", "--to", "k1"], id="malformed-keyring"),
         pytest.param(["--keyring", "SHORTKEY", "rekey", "FILE", "--to", "k1"], id="keyring-short-key"),
         pytest.param(["demo", "--store", "memory://"], id="demo-memory-store"),
@@ -75,7 +81,9 @@ def test_usage_errors_exit_2(snap_file, args, env):
 
 
 def test_operational_errors_exit_1(tmp_path, snap_file):
-    """Failures of an operation on valid input (damaged data, a failed check) exit 1."""
+    """Failures of an operation (damaged data, a file that cannot be written) exit 1, in one line."""
+    code, _, err = run("keygen", "--out", "/missing/dir/k.json")
+    assert code == 1 and "cannot write '/missing/dir/k.json'" in err and one_line(err)
     damaged = tmp_path / "damaged.stsnap"
     data = bytearray(snap_file[0].read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -89,7 +97,11 @@ def test_operational_errors_exit_1(tmp_path, snap_file):
     [
         pytest.param(UsageProblem("x"), 2, id="usage-problem"),
         pytest.param(PluginError("x"), 2, id="plugin-error"),
-        pytest.param(StoreNotFound("x"), 2, id="store-not-found"),
+        pytest.param(StoreNotFound("x", location="/x"), 2, id="store-not-found"),
+        pytest.param(InvalidStoreURL("x"), 2, id="invalid-store-url"),
+        pytest.param(MissingDependency("x"), 2, id="missing-dependency"),
+        pytest.param(InvalidArgument("x"), 2, id="invalid-argument"),
+        pytest.param(WriteFailed("x", path="/x"), 1, id="write-failed"),
         pytest.param(st.StoreError("x"), 1, id="store-error"),
         pytest.param(st.SnapshotNotFound("x"), 1, id="snapshot-not-found"),
         pytest.param(st.ChecksumMismatch("x"), 1, id="checksum-mismatch"),

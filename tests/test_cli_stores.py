@@ -54,13 +54,12 @@ def tree(path: Path) -> list[str]:
     [
         pytest.param("file://{tmp}/tpyo", id="file"),
         pytest.param("sqlite://{tmp}/nonexistent-dir/x.db", id="sqlite"),
-        pytest.param("{tmp}/plain-dir", id="existing-plain-directory"),
+        pytest.param("{tmp}/empty-dir", id="existing-empty-directory"),
     ],
 )
 def test_reading_commands_never_create_a_store(tmp_path, args, url):
     """Reading commands on a location that holds no store fail with "no store" (exit 2) and create nothing."""
-    (tmp_path / "plain-dir").mkdir()
-    (tmp_path / "plain-dir" / "notes.txt").write_text("mine")
+    (tmp_path / "empty-dir").mkdir()
     before = tree(tmp_path)
     url = url.format(tmp=tmp_path)
     code, out, err = run(*[a.format(url=url, tmp=tmp_path) for a in args])
@@ -69,17 +68,28 @@ def test_reading_commands_never_create_a_store(tmp_path, args, url):
     assert tree(tmp_path) == before
 
 
-def test_relative_file_colon_url_creates_nothing(tmp_path, monkeypatch):
-    """`list file:/x` (one slash) names a path that holds no store: refused, and no ./file:/x appears."""
+@pytest.mark.parametrize("command", ["list", "verify", "push"])
+def test_a_directory_that_is_not_a_store_is_left_alone(tmp_path, snap_file, command):
+    """A directory holding other files is never turned into a store, by reading or writing commands (exit 1)."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    args = [str(snap_file[0]), str(tmp_path / "docs")] if command == "push" else [str(tmp_path / "docs")]
+    code, out, err = run(command, *args)
+    assert code == 1 and "not a statetransfer store" in err and "pushed" not in out
+    assert tree(tmp_path / "docs") == ["notes.txt"]
+
+
+def test_file_url_with_one_slash_creates_nothing(tmp_path, monkeypatch):
+    """`list file:/x` (one slash) is a malformed URL (exit 2): no ./file:/x directory appears."""
     monkeypatch.chdir(tmp_path)
     code, _, err = run("list", "file:/x")
-    assert code == 2 and "no store" in err.lower()
+    assert code == 2 and "file:///" in err
     assert list(tmp_path.iterdir()) == []
 
 
 def test_push_creates_the_store(tmp_path, snap_file):
     """A writing command creates the store where there is none; reading it afterwards works."""
-    url = f"sqlite://{tmp_path}/new/backups.db"
+    url = f"sqlite://{tmp_path}/backups.db"
     code, out, _ = run("push", str(snap_file[0]), url)
     assert code == 0 and "pushed" in out
     code, out, _ = run("list", url, "--json")
@@ -126,7 +136,7 @@ def test_list_fits_80_columns_and_ids_are_short(tmp_path):
 
 
 def test_unique_prefixes_are_accepted_as_ids(tmp_path):
-    """pull and inspect take a unique prefix of an id; an ambiguous one is a usage error naming the matches."""
+    """pull and inspect take a unique prefix of an id; an ambiguous one fails naming the matches."""
     ids = ["3f2c1a7e-0b6d", "3f2c1a7e-9999", "a9b8c7d6-1111"]
     url = _store_with(tmp_path, *ids)
     code, out, _ = run("inspect", url, "a9b8", "--json")
@@ -135,7 +145,7 @@ def test_unique_prefixes_are_accepted_as_ids(tmp_path):
     code, out, _ = run("pull", url, "3f2c1a7e-0", "-o", str(target))
     assert code == 0 and st.load(target).id == "3f2c1a7e-0b6d"
     code, _, err = run("pull", url, "3f2c", "-o", str(tmp_path / "x.stsnap"))
-    assert code == 2 and "ambiguous" in err and "3f2c1a7e-0b6d" in err and "3f2c1a7e-9999" in err
+    assert code == 1 and "ambiguous" in err and "3f2c1a7e-0b6d" in err and "3f2c1a7e-9999" in err
     code, _, err = run("pull", url, "zzz", "-o", str(tmp_path / "x.stsnap"))
     assert code == 1 and "no snapshot 'zzz'" in err
 
@@ -202,3 +212,14 @@ def test_list_on_an_80_column_terminal(tmp_path):
     code, _, shown = _on_a_terminal("list", url, stream="stdout")
     assert code == 0 and "3f2c1a7e" in shown and snapshot_id not in shown and "inventory-service" in shown
     assert all(len(line.rstrip()) <= 80 for line in shown.splitlines()), shown
+
+
+def test_unreadable_entries_are_reported(tmp_path, store_url, snap_file):
+    """A damaged manifest is named on stderr by list and prune (which keep working), and by verify (exit 1)."""
+    manifest = next((tmp_path / "store").rglob(f"manifests/{snap_file[1].id}"))
+    manifest.write_bytes(b"garbage")
+    for args in (["list", store_url], ["prune", store_url, "--dry-run"]):
+        code, _, err = run(*args)
+        assert code == 0 and "unreadable store entry" in err and snap_file[1].id in err
+    code, out, _ = run("verify", store_url)
+    assert code == 1 and "problem" in out

@@ -8,8 +8,12 @@ an exit code chosen by the error's type, never by its message text:
   damaged or unreadable data, verify problems, a store that failed.
 - 2: a usage error: bad arguments, or a file, keyring, key, plugin or store
   named on the command line that does not exist or cannot be used
-  (:class:`UsageProblem`, :class:`~statetransfer.errors.PluginError`,
-  :class:`~statetransfer.errors.StoreNotFound`, and click's own usage errors).
+  (:class:`UsageProblem`, and the library's
+  :class:`~statetransfer.errors.InvalidArgument` (with
+  :class:`~statetransfer.errors.InvalidStoreURL`),
+  :class:`~statetransfer.errors.MissingDependency`,
+  :class:`~statetransfer.errors.PluginError` and
+  :class:`~statetransfer.errors.StoreNotFound`, plus click's own usage errors).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import re
 import secrets
 import sys
+import warnings
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -47,14 +52,22 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ._fileio import write_atomic
 from .checksum import MIN_SIGNING_KEY_BYTES, sign, verify_signature
 from .container import dumps, loads
 from .crypto import KEYRING_ENV, Keyring, reencrypt
 from .diffing import diff_snapshots
-from .errors import PluginError, SnapshotNotFound, StateTransferError, StoreError, StoreNotFound
+from .errors import (
+    InvalidArgument,
+    MissingDependency,
+    PluginError,
+    StateTransferError,
+    StoreNotFound,
+    StoreWarning,
+)
 from .model import StateSnapshot
 from .plugin import StateTransferable
-from .stores import SnapshotStore, open_store
+from .stores import SnapshotStore, UnreadableEntry, VerifyReport, open_store
 
 __all__ = ["UsageProblem", "main"]
 
@@ -68,6 +81,7 @@ _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 _SHORT_ID = 8
 _S3_CREDENTIALS = (
     ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    ("AWS_PROFILE",),
     ("AWS_WEB_IDENTITY_TOKEN_FILE",),
     ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",),
     ("AWS_CONTAINER_CREDENTIALS_FULL_URI",),
@@ -79,7 +93,13 @@ class UsageProblem(StateTransferError):
 
 
 #: Error types that are the caller's to fix (exit 2); every other error is an operational failure (exit 1).
-_USAGE_ERRORS: tuple[type[BaseException], ...] = (UsageProblem, PluginError, StoreNotFound)
+_USAGE_ERRORS: tuple[type[BaseException], ...] = (
+    UsageProblem,
+    InvalidArgument,
+    MissingDependency,
+    PluginError,
+    StoreNotFound,
+)
 
 
 def exit_code(exc: BaseException) -> int:
@@ -227,34 +247,22 @@ def _read_snapshot(path: str, verify_key: bytes | None = None) -> StateSnapshot:
     return loads(data, verify_key=verify_key)
 
 
-def _write_file(target: Path, data: bytes, *, force: bool = True, mode: int = 0o644) -> None:
-    """Replace ``target`` with ``data`` atomically: a temporary file beside it, fsync, rename, directory fsync.
+def _write_file(target: Path, data: bytes, *, force: bool = True, mode: int | None = None) -> None:
+    """Replace ``target`` with ``data`` atomically (the library's one file writer), with progress on a terminal.
 
     Unless ``force``, an existing ``target`` is refused rather than overwritten.
     """
     if not force and target.exists():
         raise UsageProblem(f"{str(target)!r} exists; pass --force to overwrite it")
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "wb") as fh, _progress(f"writing {target.name}", len(data)) as update:
-            view = memoryview(data)
-            for start in range(0, len(view), 1 << 20):
-                fh.write(view[start : start + (1 << 20)])
-                update(min(start + (1 << 20), len(view)))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise UsageProblem(f"cannot write {str(target)!r}: {exc.strerror}") from exc
+    step = 1 << 20
+    with _progress(f"writing {target.name}", len(data)) as update:
+
+        def pieces() -> Iterator[bytes]:
+            for start in range(0, len(data), step):
+                yield data[start : start + step]
+                update(min(start + step, len(data)))
+
+        write_atomic(target, pieces(), mode=mode)
 
 
 # -- stores ---------------------------------------------------------------------------------------
@@ -300,44 +308,32 @@ def _check_store_url(url: str) -> None:
 def _open_store(url: str, *, create: bool) -> SnapshotStore:
     """Open the store a command names; only writing commands ``create`` one where there is none."""
     _check_store_url(url)
-    try:
-        return open_store(url, create=create)
-    except StoreNotFound:
-        raise
-    except StoreError as exc:  # the URL itself is wrong: scheme, form, a missing extra
-        raise UsageProblem(str(exc)) from exc
+    return open_store(url, create=create)
 
 
 def _with_store(url: str, work: Callable[[SnapshotStore], Coroutine[Any, Any, T]], *, create: bool = False) -> T:
+    """Run ``work`` on the store at ``url``; unreadable entries are reported by the commands, not as warnings."""
+
     async def run() -> T:
         store = _open_store(url, create=create)
         try:
-            return await work(store)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", StoreWarning)
+                return await work(store)
         finally:
             await store.close()
 
     return _run(run())
 
 
-async def _resolve_id(store: SnapshotStore, ref: str) -> str:
-    """The full id of the snapshot ``ref`` names: an id, or a prefix of exactly one id."""
-    ids = [info.id for info in await store.list()]
-    if ref in ids:
-        return ref
-    matches = sorted(i for i in ids if i.startswith(ref))
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise SnapshotNotFound(f"no snapshot {ref!r} in {store!r}")
-    shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-    raise UsageProblem(f"snapshot id prefix {ref!r} is ambiguous: {len(matches)} match ({shown})")
+def _report_unreadable(entries: Sequence[UnreadableEntry]) -> None:
+    for entry in entries:
+        err.print(f"[yellow]warning:[/] unreadable store entry {entry.key}: {entry.reason}", highlight=False)
 
 
 async def _get(store: SnapshotStore, ref: str, verify_key: bytes | None = None) -> StateSnapshot:
-    try:
-        return await store.get(ref, verify_key=verify_key)
-    except SnapshotNotFound:
-        return await store.get(await _resolve_id(store, ref), verify_key=verify_key)
+    """The snapshot ``ref`` names: an id, or a prefix of exactly one id."""
+    return await store.get(await store.resolve(ref), verify_key=verify_key)
 
 
 def _fetch(url: str, ref: str, verify_key: bytes | None = None) -> StateSnapshot:
@@ -582,6 +578,7 @@ def list_(store_url: str, plugin_id: str | None, tags: tuple[str, ...], wide: bo
     """List a store's snapshots, newest first (ids shortened to unique prefixes, which every command accepts)."""
     with _progress("listing"):
         infos = _with_store(store_url, lambda s: s.list(plugin_id=plugin_id, tags=list(tags) or None))
+    _report_unreadable(infos.unreadable)
     if as_json:
         _emit_json(infos)
         return
@@ -648,6 +645,7 @@ def prune(  # noqa: PLR0917 - one parameter per click option
     """Remove expired snapshots, and those no keep rule keeps (rules apply per plugin)."""
     with _progress("pruning"):
         report = _with_store(store_url, lambda s: s.prune(keep_last, keep_daily, keep_weekly, dry_run=dry_run))
+    _report_unreadable(report.unreadable)
     if as_json:
         _emit_json(report)
         return
@@ -661,11 +659,25 @@ def prune(  # noqa: PLR0917 - one parameter per click option
 @_command()
 @click.argument("store_url")
 @click.option("--read-data/--no-read-data", default=True, help="Re-hash every blob (default) or only check presence.")
+@click.option("--repair", is_flag=True, help="Heal what can be healed (damaged entries are moved aside).")
+@click.option("--source", "source_url", help="With --repair: a replica store to copy intact blobs from.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def verify(store_url: str, read_data: bool, as_json: bool) -> None:
+def verify(store_url: str, read_data: bool, repair: bool, source_url: str | None, as_json: bool) -> None:
     """Check every snapshot in a store; exit 1 if any problem is found."""
+    if source_url is not None and not repair:
+        raise UsageProblem("--source is for --repair: it names a replica to copy intact blobs from")
+
+    async def check(store: SnapshotStore) -> VerifyReport:
+        if source_url is None:
+            return await store.verify(read_data=read_data, progress=update, repair=repair)
+        source = _open_store(source_url, create=False)
+        try:
+            return await store.verify(read_data=read_data, progress=update, repair=True, source=source)
+        finally:
+            await source.close()
+
     with _progress("verifying", unit="snapshots") as update:
-        report = _with_store(store_url, lambda s: s.verify(read_data=read_data, progress=update))
+        report = _with_store(store_url, check)
     if as_json:
         _emit_json(report)
     else:
@@ -673,6 +685,8 @@ def verify(store_url: str, read_data: bool, as_json: bool) -> None:
         out.print(f"checked {report.checked} snapshot(s), {report.blobs_checked} blob(s) re-hashed: {status}")
         for p in report.problems:
             out.print(f"  [red]![/] {p}", markup=True)
+        for r in report.repaired:
+            out.print(f"  repaired: {r}", markup=False)
     if not report.ok:
         raise SystemExit(1)
 
@@ -705,7 +719,7 @@ def keygen(key_id: str, out_file: str | None, signing: bool) -> None:
         raise UsageProblem(f"{out_file!r} already has a key {key_id!r}; choose another --key-id")
     ring.add(key_id, fresh.get(key_id))
     ring.default_key_id = key_id
-    _write_file(path, ring.to_json().encode(), mode=0o600)
+    ring.to_file(path)
     out.print(f"added key {key_id!r} to {out_file} (now the default; {len(ring)} key(s)). Back this file up.")
 
 

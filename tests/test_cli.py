@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -251,6 +252,8 @@ def test_python_dash_m_and_demo(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all checks passed" in proc.stdout and "0 failed" in proc.stdout
     assert proc.stdout.count("✓") == 6
+    assert re.search(r"in [\d.]+ ms \(export [\d.]+ ms, import [\d.]+ ms\)", proc.stdout)  # timings carry units
+    assert proc.stderr == ""  # piped: no progress output
 
 
 def test_diff_counts_every_change_and_says_what_it_left_out(tmp_path):

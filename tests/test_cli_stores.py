@@ -223,3 +223,10 @@ def test_unreadable_entries_are_reported(tmp_path, store_url, snap_file):
         assert code == 0 and "unreadable store entry" in err and snap_file[1].id in err
     code, out, _ = run("verify", store_url)
     assert code == 1 and "problem" in out
+
+
+def test_demo_size_shows_progress_on_a_terminal():
+    """`demo --size N` counts the SKUs it adds on a terminal, and still checks every step."""
+    code, out, shown = _on_a_terminal("demo", "--size", "50000", timeout=120)
+    assert code == 0 and "all checks passed" in out and "50000 SKUs" in out
+    assert "adding stock" in shown and "/50000 SKUs" in shown

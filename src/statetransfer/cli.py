@@ -235,6 +235,11 @@ def _progress(description: str, total: int | None = None, *, unit: str = "bytes"
         yield update
 
 
+def _demo_progress(description: str, total: int | None) -> contextlib.AbstractContextManager[Callable[..., None]]:
+    """The demo's steps: SKUs counted when there is a total, else a spinner while a step runs."""
+    return _progress(description, total, unit="bytes" if total is None else "SKUs")
+
+
 def _read_snapshot(path: str, verify_key: bytes | None = None) -> StateSnapshot:
     file = Path(path)
     if not file.is_file():
@@ -781,12 +786,14 @@ def rekey(  # noqa: PLR0917 - one parameter per click option
 # -- demo -----------------------------------------------------------------------------------------
 @_command()
 @click.option("--store", "store_url", help="Store URL for the backup step (default: a temporary directory).")
-def demo(store_url: str | None) -> None:
+@click.option("--size", "skus", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="SKUs in the demo's inventory (more state: longer steps, with progress on a terminal).")  # fmt: skip
+def demo(store_url: str | None, skus: int) -> None:
     """Load a plugin, serve calls, hot-reload it to v2 with a migration, back up, restore in a fresh process."""
     from .demo import run_demo  # noqa: PLC0415 - only the demo needs it
 
     if store_url is not None:  # a store the demo cannot use is refused before any step runs
         _with_store(store_url, lambda s: asyncio.sleep(0), create=True)
-    ok = _run(run_demo(out, store_url))
+    ok = _run(run_demo(out, store_url, skus=skus, progress=_demo_progress))
     if not ok:
         raise SystemExit(1)

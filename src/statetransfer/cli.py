@@ -196,7 +196,7 @@ def _keyring(*, required: bool = False) -> Keyring | None:
 
 
 def _key_file(path: str | None) -> bytes | None:
-    """The signing key in ``path``: the file's bytes, exactly as they are (docs/cli.md, "Key files")."""
+    """The signing key in ``path``: the file's bytes, exactly as they are (docs/cli.md, "Keys")."""
     if path is None:
         return None
     try:
@@ -291,7 +291,7 @@ def _check_s3_credentials(url: str) -> None:
         return
     msg = (
         "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for "
-        "temporary credentials) in the environment; on a machine with an instance role set "
+        "temporary credentials) or AWS_PROFILE in the environment; on a machine with an instance role set "
         "AWS_EC2_METADATA_DISABLED=false; for a public bucket add ?skip_signature=true to the URL"
     )
     raise UsageProblem(msg)
@@ -451,7 +451,10 @@ def describe(snapshot: StateSnapshot, *, size: int | None, signature: str) -> di
 @click.option("--verify-key-file", type=click.Path(dir_okay=False), help="Signing key file to verify the signature.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def inspect(snapshot: tuple[str, ...], verify_key_file: str | None, as_json: bool) -> None:
-    """Show a snapshot's header, metadata and sections (SNAPSHOT is FILE or STORE_URL ID)."""
+    """Show a snapshot's header, metadata and sections.
+
+    SNAPSHOT is a FILE, or STORE_URL ID (an id or a unique prefix of one).
+    """
     key = _key_file(verify_key_file)
     snap = _snapshot_arg(snapshot, key)
     size = Path(snapshot[0]).stat().st_size if len(snapshot) == 1 else len(dumps(snap))
@@ -483,7 +486,10 @@ def inspect(snapshot: tuple[str, ...], verify_key_file: str | None, as_json: boo
 @click.option("--shallow", is_flag=True, help="Do not decode sections (faster, finds fewer problems).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def validate(snapshot: tuple[str, ...], plugin_spec: str, shallow: bool, as_json: bool) -> None:
-    """Validate a snapshot against a plugin's code: verdict and migration path per section, score. Exit 1 if invalid."""
+    """Check a snapshot against a plugin's code; exit 1 if invalid.
+
+    Shows the verdict and migration path of each section, and the compatibility score.
+    """
     cls = _load_plugin_class(plugin_spec)
     snap = _snapshot_arg(snapshot)
     keyring = _keyring()
@@ -535,7 +541,11 @@ _SIGN = {"added": "+", "removed": "-", "changed": "~"}
               help="Show at most N changes per section (0: all); the rest are counted.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def diff(a: str, b: str, store_url: str | None, limit: int, as_json: bool) -> None:
-    """Show what changed from snapshot A to B (files, or ids with --store), down to keys of decoded sections."""
+    """Show what changed from snapshot A to B.
+
+    A and B are files, or ids in the store given with --store. Decoded
+    sections are compared key by key, with counts per operation.
+    """
     if store_url is None:
         snap_a, snap_b = _read_snapshot(a), _read_snapshot(b)
     else:
@@ -580,7 +590,10 @@ def diff(a: str, b: str, store_url: str | None, limit: int, as_json: bool) -> No
 @click.option("--wide", is_flag=True, help="Full ids and every column (schema, tags, expiry, seconds).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_(store_url: str, plugin_id: str | None, tags: tuple[str, ...], wide: bool, as_json: bool) -> None:
-    """List a store's snapshots, newest first (ids shortened to unique prefixes, which every command accepts)."""
+    """List a store's snapshots, newest first.
+
+    Ids are shortened to unique prefixes, which every command accepts.
+    """
     with _progress("listing"):
         infos = _with_store(store_url, lambda s: s.list(plugin_id=plugin_id, tags=list(tags) or None))
     _report_unreadable(infos.unreadable)
@@ -624,7 +637,10 @@ def push(file: str, store_url: str, as_json: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def pull(store_url: str, snapshot_id: str, output: str | None, force: bool, as_json: bool) -> None:
-    """Get a snapshot from a store into a file (SNAPSHOT_ID may be a unique prefix)."""
+    """Get a snapshot from a store into a file.
+
+    SNAPSHOT_ID may be a unique prefix of an id.
+    """
     if output is not None and not force and Path(output).exists():
         raise UsageProblem(f"{output!r} exists; pass --force to overwrite it")
     snap = _fetch(store_url, snapshot_id)
@@ -639,7 +655,7 @@ def pull(store_url: str, snapshot_id: str, output: str | None, force: bool, as_j
 
 @_command()
 @click.argument("store_url")
-@click.option("--keep-last", type=click.IntRange(min=0), help="Keep the N newest snapshots per plugin.")
+@click.option("--keep-last", type=click.IntRange(min=0), help="Keep the N newest of each plugin and reason.")
 @click.option("--keep-daily", type=click.IntRange(min=0), help="Keep the newest of each of the last N days.")
 @click.option("--keep-weekly", type=click.IntRange(min=0), help="Keep the newest of each of the last N weeks.")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
@@ -647,7 +663,10 @@ def pull(store_url: str, snapshot_id: str, output: str | None, force: bool, as_j
 def prune(  # noqa: PLR0917 - one parameter per click option
     store_url: str, keep_last: int | None, keep_daily: int | None, keep_weekly: int | None, dry_run: bool, as_json: bool
 ) -> None:
-    """Remove expired snapshots, and those no keep rule keeps (rules apply per plugin)."""
+    """Remove expired snapshots, and those no keep rule keeps.
+
+    Keep rules apply per plugin and reason.
+    """
     with _progress("pruning"):
         report = _with_store(store_url, lambda s: s.prune(keep_last, keep_daily, keep_weekly, dry_run=dry_run))
     _report_unreadable(report.unreadable)
@@ -668,7 +687,7 @@ def prune(  # noqa: PLR0917 - one parameter per click option
 @click.option("--source", "source_url", help="With --repair: a replica store to copy intact blobs from.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(store_url: str, read_data: bool, repair: bool, source_url: str | None, as_json: bool) -> None:
-    """Check every snapshot in a store; exit 1 if any problem is found."""
+    """Check every snapshot in a store; exit 1 on any problem."""
     if source_url is not None and not repair:
         raise UsageProblem("--source is for --repair: it names a replica to copy intact blobs from")
 
@@ -702,7 +721,12 @@ def verify(store_url: str, read_data: bool, repair: bool, source_url: str | None
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Keyring file to create or add to (0600).")
 @click.option("--signing", is_flag=True, help="Make a signing key file instead (for sign and --verify-key-file).")
 def keygen(key_id: str, out_file: str | None, signing: bool) -> None:
-    """Generate an encryption key (with --out, added to that keyring file as the new default), or a signing key."""
+    """Generate an encryption key, or a signing key.
+
+    An encryption key is printed as a keyring, or with --out added to that
+    keyring file as its new default. A signing key (--signing) is written
+    to --out as 32 raw bytes.
+    """
     if signing:
         if out_file is None:
             raise UsageProblem("keygen --signing needs --out FILE (a signing key is raw bytes, not text)")
@@ -734,7 +758,11 @@ def keygen(key_id: str, out_file: str | None, signing: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write here instead of in place.")
 @click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
 def sign_(snapshot_file: str, key_file: str, output: str | None, force: bool) -> None:
-    """Sign a snapshot file (HMAC-SHA256), so readers holding the key can check who made it."""
+    """Sign a snapshot file with a signing key.
+
+    HMAC-SHA256: readers holding the key can check that the snapshot is
+    unchanged since someone with the key signed it.
+    """
     key = _key_file(key_file)
     assert key is not None
     snap = _read_snapshot(snapshot_file)
@@ -753,7 +781,9 @@ def sign_(snapshot_file: str, key_file: str, output: str | None, force: bool) ->
 def rekey(  # noqa: PLR0917 - one parameter per click option
     snapshot_file: str, to_key: str, output: str | None, force: bool, sign_key_file: str | None, drop_signature: bool
 ) -> None:
-    """Re-encrypt a snapshot's sections under another key (key rotation); plugin state is not decoded.
+    """Re-encrypt a snapshot's sections under another key.
+
+    Key rotation: plugin state is never decoded.
 
     A signed snapshot is re-signed with --sign-key-file (its signature is
     checked with that key first) or, with --drop-signature, written unsigned.
@@ -789,7 +819,12 @@ def rekey(  # noqa: PLR0917 - one parameter per click option
 @click.option("--size", "skus", type=click.IntRange(min=1), default=20_000, show_default=True,
               help="SKUs in the demo's inventory (more state: longer steps, with progress on a terminal).")  # fmt: skip
 def demo(store_url: str | None, skus: int) -> None:
-    """Load a plugin, serve calls, hot-reload it to v2 with a migration, back up, restore in a fresh process."""
+    """Run the guided tour: hot reload under load, backup, restore.
+
+    Loads a plugin, serves calls, hot-reloads it to v2 with a migration,
+    backs it up and restores it in a fresh process; exit 0 only if every
+    step checked out.
+    """
     from .demo import run_demo  # noqa: PLC0415 - only the demo needs it
 
     if store_url is not None:  # a store the demo cannot use is refused before any step runs

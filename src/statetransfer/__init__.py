@@ -12,13 +12,22 @@ from .errors import (
     CorruptSnapshot,
     DecompressionLimitExceeded,
     DecryptionFailed,
+    EncodingError,
     ImportFailed,
+    InvalidArgument,
+    InvalidStoreURL,
     MigrationError,
+    MissingDependency,
     MissingKey,
+    PluginError,
     SnapshotNotFound,
     StateTransferError,
     StoreError,
+    StoreLocked,
+    StoreNotFound,
+    StoreWarning,
     ValidationFailed,
+    WriteFailed,
 )
 from .host import PluginHost, ReloadResult
 from .migrations import migration
@@ -36,7 +45,16 @@ from .model import (
 )
 from .plugin import Plugin, StateTransferable
 from .stateful import Section, StatefulPlugin, transfer_state
-from .stores import SnapshotInfo, SnapshotStore, VerifyReport, open_store
+from .stores import (
+    ObjectInfo,
+    PruneReport,
+    SnapshotInfo,
+    SnapshotListing,
+    SnapshotStore,
+    UnreadableEntry,
+    VerifyReport,
+    open_store,
+)
 
 __version__ = _version("statetransfer")  # the one source of the number is pyproject.toml
 
@@ -45,19 +63,27 @@ __all__ = [
     "CorruptSnapshot",
     "DecompressionLimitExceeded",
     "DecryptionFailed",
+    "EncodingError",
     "EncryptionInfo",
     "FailedSection",
     "ImportFailed",
+    "InvalidArgument",
+    "InvalidStoreURL",
     "Keyring",
     "MigrationError",
+    "MissingDependency",
     "MissingKey",
+    "ObjectInfo",
     "Plugin",
+    "PluginError",
     "PluginHost",
     "PluginMetadata",
+    "PruneReport",
     "ReloadResult",
     "Section",
     "SectionValidation",
     "SnapshotInfo",
+    "SnapshotListing",
     "SnapshotNotFound",
     "SnapshotStore",
     "StateCreationReason",
@@ -70,8 +96,13 @@ __all__ = [
     "StateValidation",
     "StatefulPlugin",
     "StoreError",
+    "StoreLocked",
+    "StoreNotFound",
+    "StoreWarning",
+    "UnreadableEntry",
     "ValidationFailed",
     "VerifyReport",
+    "WriteFailed",
     "backup",
     "calculate_checksum",
     "compress",

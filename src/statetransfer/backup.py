@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import SnapshotNotFound
+import msgspec
+
+from .errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StoreWarning
 from .host import _export
-from .model import StateCreationReason, StateImportResult
+from .model import StateCreationReason, StateImportResult, StateSnapshot
 from .plugin import StateTransferable
 from .stores.base import SnapshotInfo, SnapshotStore
 
@@ -27,20 +31,74 @@ async def backup(
 
 
 async def restore(
-    plugin: StateTransferable, store: SnapshotStore, snapshot_id: str | None = None, **import_options: Any
+    plugin: StateTransferable,
+    store: SnapshotStore,
+    snapshot_id: str | None = None,
+    *,
+    allow_older: bool = False,
+    allow_expired: bool = False,
+    **import_options: Any,
 ) -> StateImportResult:
     """Import a stored snapshot into ``plugin``: ``snapshot_id``, or the newest of that plugin.
 
+    Without an id, the newest snapshot of the plugin is restored. If that one
+    cannot be read (a damaged manifest that may belong to the plugin, or a
+    damaged section), the restore is refused rather than silently going back
+    to older state; ``allow_older=True`` restores the newest readable one
+    instead. Expired snapshots (``expires_at`` in the past) are skipped, and
+    refused by id, unless ``allow_expired=True``.
+
+    Returns:
+        The import result; its ``snapshot_id`` names the snapshot restored.
+
     Raises:
-        SnapshotNotFound: no such snapshot, or none for this plugin.
+        SnapshotNotFound: no such snapshot, or none (unexpired) for this plugin.
+        CorruptSnapshot: the newest snapshot is unreadable (its id is in the
+            message and in ``snapshot_id``) and ``allow_older`` is false.
         ValidationFailed / ImportFailed: as :meth:`StateTransferable.import_state`.
     """
-    if snapshot_id is None:
-        infos = await store.list(plugin_id=plugin.metadata.id)
-        if not infos:
-            raise SnapshotNotFound(f"no snapshot of plugin {plugin.metadata.id!r} in {store!r}")
-        snapshot_id = infos[0].id
-    snapshot = await store.get(snapshot_id)
-    if import_options:
-        return await plugin.import_state(snapshot, **import_options)
-    return await plugin.import_state(snapshot)
+    if snapshot_id is not None:
+        snapshot_id = await store.resolve(snapshot_id)
+        snapshot = await store.get(snapshot_id)
+        _check_expiry(snapshot, allow_expired)
+    else:
+        snapshot = await _newest(plugin.metadata.id, store, allow_older=allow_older, allow_expired=allow_expired)
+    result = await plugin.import_state(snapshot, **import_options)
+    return msgspec.structs.replace(result, snapshot_id=snapshot.id)
+
+
+def _check_expiry(snapshot: StateSnapshot, allow_expired: bool) -> None:
+    expires_at = snapshot.metadata.expires_at
+    if not allow_expired and expires_at is not None and expires_at < time.time():
+        msg = f"snapshot {snapshot.id!r} expired at {expires_at}; pass allow_expired=True to restore it anyway"
+        raise SnapshotNotFound(msg, snapshot_id=snapshot.id)
+
+
+async def _newest(plugin_id: str, store: SnapshotStore, *, allow_older: bool, allow_expired: bool) -> StateSnapshot:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreWarning)  # unreadable entries are judged below
+        listing = await store.list(plugin_id=plugin_id)
+    now = time.time()
+    infos = [i for i in listing if allow_expired or i.expires_at is None or i.expires_at >= now]
+    newest = (infos[0].created_ns / 1e9 or infos[0].timestamp) if infos else 0.0
+    # a damaged manifest may be the newest unless the store's clock says it is older (mtime 0: unknown)
+    damaged = [u for u in listing.unreadable if u.snapshot_id is not None and (not u.mtime or u.mtime >= newest - 1)]
+    if damaged and not allow_older:
+        first = damaged[0]
+        msg = (f"the newest snapshot of plugin {plugin_id!r} may be {first.snapshot_id!r}, which cannot be read "
+               f"({first.reason}); refusing to restore older state (pass allow_older=True to restore the newest "
+               "readable snapshot)")  # fmt: skip
+        raise CorruptSnapshot(msg, snapshot_id=first.snapshot_id)
+    for info in infos:
+        try:
+            return await store.get(info.id)
+        except (ChecksumMismatch, CorruptSnapshot) as exc:
+            if not allow_older:
+                msg = (
+                    f"the newest snapshot of plugin {plugin_id!r}, {info.id!r}, cannot be read ({exc}); refusing "
+                    "to restore older state (pass allow_older=True to restore the newest readable one)"
+                )
+                raise CorruptSnapshot(msg, snapshot_id=info.id) from exc
+    expired = len(listing) - len(infos)
+    hint = f" ({expired} expired; pass allow_expired=True)" if expired else ""
+    raise SnapshotNotFound(f"no readable snapshot of plugin {plugin_id!r} in {store!r}{hint}")

@@ -7,6 +7,7 @@ import dataclasses
 import gc
 import itertools
 import json
+import math
 import re
 import struct
 import threading
@@ -287,3 +288,45 @@ def decode(
         raise EncodingError(f"{where}: not valid {codec} data: {exc}") from exc
     except TypeError as exc:  # an unsupported declared type
         raise EncodingError(f"{where}: type {tp!r} is not supported by msgspec: {exc}") from exc
+
+
+def check_decodable(
+    data: bytes | memoryview, tp: Any, codec: str, *, where: str = "value", slices: str | None = None
+) -> None:
+    """Refuse an encoding that ``tp`` cannot decode again, so no snapshot is written that its own code cannot import.
+
+    Raises:
+        EncodingError: naming the field path (``entries["a"].hits: expected int, got str``).
+    """
+    if codec != "raw":
+        decode(data, tp, codec, where=where, slices=slices)
+
+
+def check_finite(value: Any, codec: str, *, where: str = "value") -> None:
+    """Refuse NaN and infinities in a JSON-codec value: JSON would store them as ``null`` (wrong data).
+
+    Raises:
+        EncodingError: naming the path of the first non-finite float.
+    """
+    if codec != "json":
+        return
+    try:
+        plain = msgspec.msgpack.decode(_msgpack_encoder.encode(value))
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError, msgspec.DecodeError):
+        return  # encode() reports values that cannot be encoded at all
+    path = _nonfinite_path(plain, where)
+    if path is not None:
+        raise EncodingError(f"{path}: NaN or infinity cannot be stored by the json codec (use msgpack)")
+
+
+def _nonfinite_path(value: Any, path: str) -> str | None:
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return where
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}[{_key_text(k)}]") for k, v in reversed(list(item.items())))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None

@@ -110,6 +110,8 @@ class StateImportResult(msgspec.Struct):
     failed_sections: list[FailedSection] = msgspec.field(default_factory=list)
     warnings: list[str] = msgspec.field(default_factory=list)
     duration: datetime.timedelta = datetime.timedelta(0)
+    #: The snapshot imported (set by :func:`statetransfer.restore` and the host).
+    snapshot_id: str | None = None
 
 
 class SectionValidation(msgspec.Struct):

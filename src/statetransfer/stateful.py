@@ -154,6 +154,10 @@ class StatefulPlugin(StateTransferable):
     sections: ClassVar[dict[str, Section[Any]]] = {}
     #: The plugin's state schema version; defaults to the highest section version.
     schema_version: ClassVar[int] = 0
+    #: Decode every exported section again with its declared type, so that no snapshot is written that this
+    #: code could not import (a value of the wrong type raises :class:`EncodingError` naming the field path).
+    #: Costs about one typed decode per export; hot-reload exports skip it (the import that follows checks).
+    verify_exports: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -307,7 +311,9 @@ class StatefulPlugin(StateTransferable):
         """
         started = time.perf_counter()
         validation = await self.validate_state(snapshot, allow_downgrade=allow_downgrade)
-        if not validation.is_valid:
+        # with partial=True, sections that fail validation (a missing key, no migration path) are
+        # reported in failed_sections and the others applied; snapshot-level errors still refuse
+        if not validation.is_valid and not (partial and not validation.errors):
             reasons = validation.errors + [
                 f"{n}: {e}" for n, sv in validation.section_validations.items() for e in sv.errors
             ]
@@ -322,6 +328,9 @@ class StatefulPlugin(StateTransferable):
             warnings.extend(sv.warnings)
             if sv.verdict == "unknown":
                 unknown[name] = (stored, snapshot.id)
+                continue
+            if not sv.is_valid:
+                failed.append(FailedSection(name, "; ".join(sv.errors) or f"section {name!r} is not valid"))
                 continue
             try:
                 staged.append(await self._stage_async(snapshot, stored))
@@ -360,6 +369,7 @@ class StatefulPlugin(StateTransferable):
         snapshot_id = new_snapshot_id()
         seconds, ns = now()
         packers: dict[str, SectionPacker] = {}
+        encoded: dict[str, list[bytes | memoryview]] = {}
         async with self.state_lock:
             for name, sec in self.sections.items():
                 packer = SectionPacker(
@@ -368,11 +378,15 @@ class StatefulPlugin(StateTransferable):
                     metadata={"codec": sec.codec},
                 )  # fmt: skip
                 value = getattr(self, name)
+                codecs.check_finite(value, sec.codec, where=name)
                 pieces = codecs.iter_pieces(value, sec.codec, where=name)
+                kept = encoded[name] = []
                 try:
                     while True:
                         try:
-                            packer.add(next(pieces))
+                            piece = next(pieces)
+                            kept.append(piece)
+                            packer.add(piece)
                         except StopIteration as done:
                             if done.value:
                                 packer.metadata["slices"] = done.value
@@ -380,9 +394,21 @@ class StatefulPlugin(StateTransferable):
                         await asyncio.sleep(0)  # other tasks run while frames compress in worker threads
                 except codecs.Resized:  # changed without the lock between slices: encode it whole, in one step
                     packer.reset()
-                    packer.add(codecs.encode(value, sec.codec, where=name))
+                    kept[:] = [codecs.encode(value, sec.codec, where=name)]
+                    packer.add(kept[0])
                 packers[name] = packer
             preserved = dict(self._preserved)
+        if reason is StateCreationReason.HOT_RELOAD or not self.verify_exports:
+            encoded.clear()  # a hot reload imports at once: that import is the check
+        for name, parts in encoded.items():  # what this code could not import is never exported
+            sec = self.sections[name]
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            slices = None  # the pieces join to one valid encoding: one decode is cheapest
+            if len(data) >= _THREAD_ABOVE:
+                await asyncio.to_thread(codecs.check_decodable, data, sec.type, sec.codec, where=name, slices=slices)
+            else:
+                codecs.check_decodable(data, sec.type, sec.codec, where=name, slices=slices)
+        del encoded
         sections: dict[str, StateSection] = {}
         for name, packer in packers.items():
             if packer.size >= _THREAD_ABOVE:

@@ -295,7 +295,9 @@ class FileStore(SnapshotStore):
         out: list[ObjectInfo] = []
         try:
             with self._dir(parts) as fd:
-                self._scan(fd, prefix if prefix.endswith("/") else prefix + "/", out, depth=2)
+                self._scan(
+                    fd, prefix if prefix.endswith("/") else prefix + "/", out, depth=2 if parts[:1] == ["blobs"] else 1
+                )
         except KeyError:
             pass
         return out

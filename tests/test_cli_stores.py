@@ -18,11 +18,11 @@ import statetransfer as st
 from statetransfer.testing import make_snapshot
 
 from .test_cli import keyring_file, run, snap_file
+from .test_stores import s3_endpoint
 
-__all__ = ["keyring_file", "snap_file"]  # fixtures used here
+__all__ = ["keyring_file", "s3_endpoint", "snap_file"]  # fixtures used here
 
 ROOT = Path(__file__).resolve().parent.parent
-NO_AWS = {k: "" for k in os.environ if k.startswith("AWS_")}
 
 
 @pytest.fixture
@@ -152,7 +152,9 @@ def test_unique_prefixes_are_accepted_as_ids(tmp_path):
 
 def test_s3_without_credentials_says_how_to_give_them(snap_file):
     """With no AWS credentials, an s3:// command says so and how to fix it (exit 2), before any request is sent."""
-    env = {**NO_AWS, "AWS_EC2_METADATA_DISABLED": "true"}
+    env = {name: "" for name in os.environ if name.startswith("AWS_")}  # read now: fixtures may have set some
+    env |= dict.fromkeys(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"), "")
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
     url = "s3://bucket/prefix?endpoint=http://127.0.0.1:9&region=us-east-1"
     for args in (["list", url], ["push", str(snap_file[0]), url]):
         code, out, err = run(*args, env=env)
@@ -162,6 +164,17 @@ def test_s3_without_credentials_says_how_to_give_them(snap_file):
 
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def test_s3_store_through_the_command_line(s3_endpoint, snap_file):
+    """With credentials (a local S3 server), reading an empty prefix says "no store"; push creates it; list shows it."""
+    url = f"s3://snapshots/cli-{snap_file[1].id[:8]}?endpoint={s3_endpoint}&region=us-east-1"
+    code, _, err = run("list", url)
+    assert code == 2 and "no store" in err.lower()
+    code, out, err = run("push", str(snap_file[0]), url)
+    assert code == 0, err
+    code, out, _ = run("list", url, "--json")
+    assert code == 0 and [i["id"] for i in json.loads(out)] == [snap_file[1].id]
 
 
 def _on_a_terminal(*args: str, stream: str = "stderr", timeout: float = 60) -> tuple[int, str, str]:

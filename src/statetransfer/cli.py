@@ -69,7 +69,7 @@ from .model import StateSnapshot
 from .plugin import StateTransferable
 from .stores import SnapshotStore, UnreadableEntry, VerifyReport, open_store
 
-__all__ = ["UsageProblem", "main"]
+__all__ = ["UsageProblem", "exit_code", "main"]
 
 T = TypeVar("T")
 out = Console(highlight=False, soft_wrap=True)

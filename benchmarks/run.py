@@ -2,7 +2,9 @@
 
 Run: ``python benchmarks/run.py`` (the full reference workload and scaling up
 to 1 GB; several minutes and ~10 GB of memory) or ``--quick`` (a small run).
-Prints medians and ratios, and writes ``benchmarks/results.json``. Only the
+Prints medians and ratios, and writes ``benchmarks/results.json`` (a full run)
+or ``benchmarks/results-quick.json`` (``--quick``, never committed), unless
+``--output`` says where. Only the
 standard library and the project's dependencies are used.
 """
 
@@ -168,9 +170,10 @@ def fmt_ratio(value: float, target: float, *, lower: bool = True) -> str:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="small workload, no 100 MB / 1 GB cases")
-    parser.add_argument("--output", default=str(HERE / "results.json"))
+    parser.add_argument("--output", help="results file (default: results.json, or results-quick.json with --quick)")
     args = parser.parse_args()
     quick = args.quick
+    output = Path(args.output or HERE / ("results-quick.json" if quick else "results.json"))
     entries = 20_000 if quick else 200_000
     repeats = 3 if quick else 7
     results: dict[str, Any] = {"quick": quick, "entries": entries, "python": platform.python_version()}
@@ -230,8 +233,8 @@ async def main() -> None:
     print(f"  hot reload 1 MB p50               {reload['p50'] * 1e3:6.1f} ms (target 15 ms)  "
           f"{'met' if reload['p50'] <= 0.015 else 'MISSED'}")  # fmt: skip
     print(f"  store put+get {store_mb} MB vs file    {fmt_ratio(ratios['store_vs_file'], 1.5)}")
-    Path(args.output).write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"wrote {args.output}")
+    output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +13,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_quick_benchmark_emits_json(tmp_path):
-    """benchmarks/run.py --quick completes and writes every ratio the targets table needs."""
-    out = tmp_path / "results.json"
+    """benchmarks/run.py --quick writes every ratio to results-quick.json, leaving the committed full results alone."""
+    bench = tmp_path / "benchmarks"
+    shutil.copytree(ROOT / "benchmarks", bench, ignore=shutil.ignore_patterns("__pycache__", "results-quick.json"))
+    committed = (ROOT / "benchmarks" / "results.json").read_bytes()
+    out = bench / "results-quick.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--output", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    proc = subprocess.run([sys.executable, str(bench / "run.py"), "--quick"], capture_output=True, text=True,
+                          timeout=300, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    assert (bench / "results.json").read_bytes() == committed
     doc = json.loads(out.read_text())
     assert doc["quick"] is True
     assert set(doc["ratios"]) == {

@@ -79,3 +79,20 @@ async def test_sync_form_refuses_running_loop():
     """check_plugin inside a running loop says to use acheck_plugin."""
     with pytest.raises(RuntimeError, match="acheck_plugin"):
         check_plugin(Cache)
+
+
+def test_keyring_comes_from_the_populated_instance_or_is_made_up():
+    """A plugin with an encrypted section passes without keyring=: make()'s keyring, or a throwaway one, is used."""
+    assert check_plugin(Cache, make=make_cache, old_values={("entries", 1): {"x": 5}}).unexercised_paths == []
+    assert check_plugin(Cache).plugin_id == "cache"
+
+
+def test_a_failure_is_not_chained_to_the_event_loop_probe():
+    """A failing check_plugin raises its AssertionError alone, not "during handling of" a 'no running event loop'."""
+    with pytest.raises(AssertionError, match="without a sample") as info:
+        check_plugin(Cache, make=make_cache, require_all_paths=True)
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(str(exc))
+        exc = exc.__cause__ or exc.__context__
+    assert not any("no running event loop" in text for text in chain)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -180,7 +181,7 @@ def test_store_commands(snap_file, tmp_path):
     code, out, _ = run("list", url, "--plugin", "nope", "--json")
     assert json.loads(out) == []
     code, out, _ = run("list", url)
-    assert code == 0 and snap.id in out and "1 snapshot(s)" in out
+    assert code == 0 and snap.id[:8] in out and snap.id not in out and "1 snapshot(s)" in out
     pulled = tmp_path / "pulled.stsnap"
     code, _, _ = run("pull", url, snap.id, "-o", str(pulled))
     assert code == 0 and st.load(pulled) == snap
@@ -251,3 +252,37 @@ def test_python_dash_m_and_demo(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "all checks passed" in proc.stdout and "0 failed" in proc.stdout
     assert proc.stdout.count("✓") == 6
+    assert re.search(r"in [\d.]+ ms \(export [\d.]+ ms, import [\d.]+ ms\)", proc.stdout)  # timings carry units
+    assert proc.stderr == ""  # piped: no progress output
+
+
+def test_diff_counts_every_change_and_says_what_it_left_out(tmp_path):
+    """diff counts changes per operation, lists the first --limit in key order, and says how many it omitted."""
+    import asyncio
+
+    from .plugins import CacheV1
+
+    a, b = CacheV1(), CacheV1()
+    a.entries = {f"k{i:03d}": 1 for i in range(300)}
+    b.entries = {f"k{i:03d}": 2 if i < 100 else 1 for i in range(250)} | {f"n{i:03d}": 1 for i in range(150)}
+    paths = []
+    for name, plugin in (("a", a), ("b", b)):
+        paths.append(str(tmp_path / f"{name}.stsnap"))
+        st.dump(asyncio.run(plugin.export_state()), paths[-1])
+    code, out, _ = run("diff", *paths, "--limit", "10", "--json")
+    entry = next(c for c in json.loads(out)["sections"]["changed"] if c["name"] == "entries")
+    assert code == 0
+    assert entry["counts"] == {"added": 150, "removed": 50, "changed": 100} and entry["omitted"] == 290
+    assert [c["path"] for c in entry["changes"]] == [f"['k{i:03d}']" for i in range(10)]
+    code, out, _ = run("diff", *paths, "--limit", "0", "--json")
+    entry = next(c for c in json.loads(out)["sections"]["changed"] if c["name"] == "entries")
+    assert len(entry["changes"]) == 300 and entry["omitted"] == 0
+    code, out, _ = run("diff", *paths, "--limit", "5")
+    assert "150 added, 50 removed, 100 changed" in out and "295 more change(s) not shown" in out
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    outputs = {
+        subprocess.run([sys.executable, "-m", "statetransfer", "diff", *paths, "--json"], capture_output=True,
+                       text=True, env={**env, "PYTHONHASHSEED": seed}, timeout=60, check=True).stdout
+        for seed in ("1", "2")
+    }  # fmt: skip
+    assert len(outputs) == 1

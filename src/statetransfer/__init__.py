@@ -1,5 +1,7 @@
 """statetransfer: export, import, migrate, hot-reload and back up plugin state safely."""
 
+from importlib.metadata import version as _version
+
 from .backup import backup, restore
 from .checksum import calculate_checksum, sign
 from .compression import compress, decompress
@@ -54,7 +56,7 @@ from .stores import (
     open_store,
 )
 
-__version__ = "0.1.0"
+__version__ = _version("statetransfer")  # the one source of the number is pyproject.toml
 
 __all__ = [
     "ChecksumMismatch",

@@ -226,8 +226,10 @@ def loads(data: bytes | bytearray | memoryview, *, verify_key: bytes | None = No
     if flags != 0:
         raise _corrupt(f"unknown flags {flags:#06x}")
     end_magic, total, head_digest = _TRAILER.unpack_from(view, size - _TRAILER.size)
-    if end_magic != END_MAGIC or total != size:
-        raise _corrupt(f"truncated or extended: trailer missing or length {total} != {size} bytes")
+    if end_magic != END_MAGIC:
+        raise _corrupt(f"truncated or extended: no trailer at the end of its {size} bytes")
+    if total != size:
+        raise _corrupt(f"truncated or extended: the trailer records {total} bytes, the data has {size}")
     body_end = size - _TRAILER.size
     if header_len > MAX_HEADER or _PREFIX.size + header_len > body_end:
         raise _corrupt(f"header length {header_len} does not fit in {size} bytes")

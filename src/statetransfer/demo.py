@@ -10,6 +10,8 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ __all__ = ["run_demo"]
 
 MODULE = "statetransfer_demo_inventory"
 SKUS = 20_000
+#: ``progress(description, total)``: a context manager yielding ``update(done)`` (the CLI shows it on a terminal).
+ProgressFactory = Callable[[str, int | None], AbstractContextManager[Callable[[int], None]]]
 
 V1 = '''
 import statetransfer as st
@@ -85,8 +89,9 @@ asyncio.run(main())
 class _Load:
     """8 callers adding stock through the host until stopped; counts what they did."""
 
-    def __init__(self, host: PluginHost) -> None:
+    def __init__(self, host: PluginHost, skus: int) -> None:
         self.host = host
+        self.skus = skus
         self.served = 0
         self.failed = 0
         self.added = 0
@@ -98,7 +103,7 @@ class _Load:
         while not self._stop.is_set():
             try:
                 async with self.host.use("inventory") as plugin:
-                    plugin.add(f"sku-{i % SKUS:05d}", 1)
+                    plugin.add(f"sku-{i % self.skus:05d}", 1)
                 self.served += 1
                 self.added += 1
             except Exception:
@@ -114,8 +119,14 @@ class _Load:
         await asyncio.gather(*self._tasks)
 
 
-async def run_demo(console: Console, store_url: str | None = None) -> bool:
-    """Run the demo, printing each step; True when every check held."""
+def _no_progress(description: str, total: int | None) -> AbstractContextManager[Callable[[int], None]]:
+    return nullcontext(lambda done: None)
+
+
+async def run_demo(
+    console: Console, store_url: str | None = None, *, skus: int = SKUS, progress: ProgressFactory = _no_progress
+) -> bool:
+    """Run the demo with ``skus`` items of state, printing each step; True when every check held."""
     checks: list[tuple[str, bool]] = []
 
     def step(title: str, ok: bool, figures: str) -> None:
@@ -132,13 +143,18 @@ async def run_demo(console: Console, store_url: str | None = None) -> bool:
         try:
             host = PluginHost()
             plugin: Any = await host.load(f"{MODULE}:Inventory")
-            for i in range(SKUS):
-                plugin.add(f"sku-{i:05d}", 10)
+            with progress("adding stock", skus) as update:
+                for i in range(skus):
+                    plugin.add(f"sku-{i:05d}", 10)
+                    if i % 10_000 == 0:
+                        update(i)
+                        await asyncio.sleep(0)  # let the progress display breathe on large runs
+                update(skus)
             initial = plugin.total()
-            step("load v1", len(plugin.stock) == SKUS,
-                 f"plugin {plugin.metadata.id} {plugin.metadata.version}, {SKUS} SKUs, {initial} units")  # fmt: skip
+            step("load v1", len(plugin.stock) == skus,
+                 f"plugin {plugin.metadata.id} {plugin.metadata.version}, {skus} SKUs, {initial} units")  # fmt: skip
 
-            load = _Load(host)
+            load = _Load(host, skus)
             load.start()
             await asyncio.sleep(0.5)
             step("serve calls", load.failed == 0 and load.served > 0,
@@ -151,13 +167,13 @@ async def run_demo(console: Console, store_url: str | None = None) -> bool:
             t = result.timings
             figures = (
                 f"{result.old_version} -> {result.new_version} in {t['total'] * 1e3:.1f} ms "
-                f"(export {t.get('export', 0) * 1e3:.1f}, import {t.get('import', 0) * 1e3:.1f}); "
-                f"entries before {SKUS}, after {entries_after}"
+                f"(export {t.get('export', 0) * 1e3:.1f} ms, import {t.get('import', 0) * 1e3:.1f} ms); "
+                f"entries before {skus}, after {entries_after}"
             )
             if result.error:
                 figures += f"; error: {result.error}"
             step("hot-reload to v2 (schema migration 1 -> 2) while calls continue",
-                 result.ok and entries_after == SKUS, figures)  # fmt: skip
+                 result.ok and entries_after == skus, figures)  # fmt: skip
 
             await asyncio.sleep(0.5)
             await load.stop()
@@ -169,19 +185,21 @@ async def run_demo(console: Console, store_url: str | None = None) -> bool:
 
             url = store_url or f"file://{tmpdir / 'store'}"
             store = open_store(url)
-            info = await backup(final, store, tags=["demo"])
-            raw = await _original_size(store, info.id)
+            with progress(f"backing up to {url}", None):
+                info = await backup(final, store, tags=["demo"])
+                raw = await _original_size(store, info.id)
             step("back up", info.size > 0, f"snapshot {info.id} -> {url}: {info.size} bytes stored "
                  f"({raw} bytes of encoded state, {raw / max(info.size, 1):.1f}x compression)")  # fmt: skip
             await store.close()
 
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([tmp, *sys.path])}
-            proc = subprocess.run(
-                [sys.executable, "-c", RESTORE.format(module=MODULE), url],
-                capture_output=True, text=True, env=env, timeout=60, check=False,
-            )  # fmt: skip
+            with progress("restoring in a fresh process", None):
+                proc = subprocess.run(
+                    [sys.executable, "-c", RESTORE.format(module=MODULE), url],
+                    capture_output=True, text=True, env=env, timeout=600, check=False,
+                )  # fmt: skip
             restored = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else {}
-            ok = restored.get("entries") == SKUS and restored.get("total") == expected
+            ok = restored.get("entries") == skus and restored.get("total") == expected
             figures = (
                 f"pid {restored.get('pid')} (this one is {os.getpid()}): {restored.get('entries')} entries, "
                 f"{restored.get('total')} units, version {restored.get('version')}"

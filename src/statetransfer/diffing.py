@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -15,41 +16,60 @@ from .sections import unpack_section
 __all__ = ["diff_snapshots", "diff_values"]
 
 _META_FIELDS = ("plugin_id", "plugin_version", "schema_version", "timestamp")
+_OPS = ("added", "removed", "changed")
 
 
 def _path(parent: str, key: Any) -> str:
     return f"{parent}[{key!r}]"
 
 
-def diff_values(a: Any, b: Any, path: str = "", limit: int = 200) -> list[dict[str, Any]]:
-    """Key-level changes from ``a`` to ``b`` (decoded builtins), at most ``limit`` entries.
+def _ordered(keys: Iterable[Any]) -> list[Any]:
+    """Keys in a stable order: their natural order, or by type and repr when they do not compare."""
+    try:
+        return sorted(keys)
+    except TypeError:
+        return sorted(keys, key=lambda k: (type(k).__name__, repr(k)))
 
-    Each change is ``{"op": "added" | "removed" | "changed", "path": ..., "a": ..., "b": ...}``.
+
+def diff_values(a: Any, b: Any, path: str = "", limit: int | None = None) -> dict[str, Any]:
+    """Key-level changes from ``a`` to ``b`` (decoded builtins), in key order.
+
+    Every change is counted; the first ``limit`` (all when ``None``) are
+    listed, each ``{"op": "added" | "removed" | "changed", "path", "a", "b"}``.
+
+    Returns:
+        ``{"changes": [...], "counts": {"added": n, "removed": n, "changed": n}, "omitted": n}``,
+        where ``omitted`` is how many changes were counted but not listed.
     """
-    out: list[dict[str, Any]] = []
+    changes: list[dict[str, Any]] = []
+    counts = dict.fromkeys(_OPS, 0)
+
+    def note(op: str, where: str, x: Any, y: Any) -> None:
+        counts[op] += 1
+        if limit is None or len(changes) < limit:
+            changes.append({"op": op, "path": where or "$", "a": x, "b": y})
 
     def walk(x: Any, y: Any, where: str) -> None:
-        if len(out) >= limit:
-            return
         if isinstance(x, dict) and isinstance(y, dict):
-            for key in x.keys() - y.keys():
-                out.append({"op": "removed", "path": _path(where, key), "a": x[key], "b": None})
-            for key in y.keys() - x.keys():
-                out.append({"op": "added", "path": _path(where, key), "a": None, "b": y[key]})
-            for key in x.keys() & y.keys():
-                walk(x[key], y[key], _path(where, key))
+            for key in _ordered(x.keys() | y.keys()):
+                if key not in y:
+                    note("removed", _path(where, key), x[key], None)
+                elif key not in x:
+                    note("added", _path(where, key), None, y[key])
+                else:
+                    walk(x[key], y[key], _path(where, key))
         elif isinstance(x, list) and isinstance(y, list):
             for i in range(min(len(x), len(y))):
                 walk(x[i], y[i], f"{where}[{i}]")
             for i in range(len(y), len(x)):
-                out.append({"op": "removed", "path": f"{where}[{i}]", "a": x[i], "b": None})
+                note("removed", f"{where}[{i}]", x[i], None)
             for i in range(len(x), len(y)):
-                out.append({"op": "added", "path": f"{where}[{i}]", "a": None, "b": y[i]})
+                note("added", f"{where}[{i}]", None, y[i])
         elif x != y or type(x) is not type(y):
-            out.append({"op": "changed", "path": where or "$", "a": x, "b": y})
+            note("changed", where, x, y)
 
     walk(a, b, path)
-    return sorted(out[:limit], key=lambda c: c["path"])
+    return {"changes": changes, "counts": counts, "omitted": sum(counts.values()) - len(changes)}
 
 
 def _decoded(snapshot: StateSnapshot, name: str, keyring: Keyring | None) -> Any:
@@ -61,8 +81,14 @@ def _decoded(snapshot: StateSnapshot, name: str, keyring: Keyring | None) -> Any
     return codecs.decode_untyped(payload, codec, where=name)
 
 
-def diff_snapshots(a: StateSnapshot, b: StateSnapshot, *, keyring: Keyring | None = None) -> dict[str, Any]:
-    """A JSON-ready description of what changed from snapshot ``a`` to ``b``, without the plugin's code."""
+def diff_snapshots(
+    a: StateSnapshot, b: StateSnapshot, *, keyring: Keyring | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    """A JSON-ready description of what changed from snapshot ``a`` to ``b``, without the plugin's code.
+
+    Each changed section lists at most ``limit`` changes (all when ``None``)
+    in key order, with ``counts`` per operation and how many were ``omitted``.
+    """
     metadata = [
         {"field": f, "a": getattr(a, f), "b": getattr(b, f)} for f in _META_FIELDS if getattr(a, f) != getattr(b, f)
     ]
@@ -81,14 +107,14 @@ def diff_snapshots(a: StateSnapshot, b: StateSnapshot, *, keyring: Keyring | Non
             if sa.data == sb.data and sa.schema_version == sb.schema_version:
                 unchanged.append(name)
                 continue
-            entry.update(decoded=False, note=str(exc), changes=[])
+            entry.update(decoded=False, note=str(exc), changes=[], counts=dict.fromkeys(_OPS, 0), omitted=0)
             changed.append(entry)
             continue
-        changes = diff_values(va, vb)
-        if not changes and "schema_version" not in entry:
+        found = diff_values(va, vb, limit=limit)
+        if not any(found["counts"].values()) and "schema_version" not in entry:
             unchanged.append(name)
             continue
-        entry.update(decoded=True, changes=changes)
+        entry.update(decoded=True, **found)
         changed.append(entry)
     return {
         "a": a.id,

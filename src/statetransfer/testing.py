@@ -22,6 +22,7 @@ import pytest
 from . import codecs
 from .checksum import calculate_checksum, sign
 from .container import dumps, loads
+from .crypto import Keyring
 from .errors import (
     ChecksumMismatch,
     ImportFailed,
@@ -104,7 +105,9 @@ async def acheck_plugin(
     Args:
         plugin_cls: the :class:`StatefulPlugin` subclass under test.
         make: returns a populated instance (default: ``plugin_cls(keyring=keyring)``).
-        keyring: the keyring fresh instances get (for encrypted sections).
+        keyring: the keyring fresh instances get (for encrypted sections); by
+            default the keyring of the instance ``make`` returned, or a
+            throwaway one.
         old_values: sample values of older section schemas, keyed by
             ``(section, schema_version)``; each one is imported through its
             migration path.
@@ -114,7 +117,12 @@ async def acheck_plugin(
     def fresh() -> StatefulPlugin:
         return plugin_cls(keyring=keyring)
 
-    source = (make or fresh)()
+    if make is None:
+        keyring = keyring if keyring is not None else Keyring.generate("check-plugin")
+        source = fresh()
+    else:
+        source = make()
+        keyring = keyring if keyring is not None else source.keyring or Keyring.generate("check-plugin")
     snapshot = loads(dumps(await source.export_state()))
     report = PluginCheckReport(source.metadata.id, sorted(snapshot.sections))
 
@@ -181,8 +189,10 @@ def check_plugin(plugin_cls: type[StatefulPlugin], **options: Any) -> PluginChec
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(acheck_plugin(plugin_cls, **options))
-    raise RuntimeError("check_plugin() was called inside a running event loop: use 'await acheck_plugin(...)'")
+        pass  # no loop: run one below, outside this handler, so a failed check is not chained to this error
+    else:
+        raise RuntimeError("check_plugin() was called inside a running event loop: use 'await acheck_plugin(...)'")
+    return asyncio.run(acheck_plugin(plugin_cls, **options))
 
 
 class StoreContract:

@@ -22,6 +22,7 @@ It is 1.0 exactly when every section is usable as is and nothing else is off.
 
 from __future__ import annotations
 
+import datetime
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -97,7 +98,8 @@ def validate_snapshot(
         score *= FACTORS["checksum"]
     expires = snapshot.metadata.expires_at
     if expires is not None and expires < time.time():
-        errors.append(f"snapshot expired at {expires} (Unix seconds)")
+        when = datetime.datetime.fromtimestamp(expires, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        errors.append(f"snapshot expired at {when}")
         score *= FACTORS["expired"]
     schema_compatible = snapshot.schema_version <= schema_version
     if not schema_compatible:

@@ -32,6 +32,7 @@ __all__ = [
     "encrypt_data",
     "reencrypt",
     "reseal",
+    "seal_exact",
 ]
 
 AES_256_GCM = "AES-256-GCM"
@@ -260,6 +261,18 @@ def encrypt_data(
     if algorithm not in _CIPHERS:
         raise StateTransferError(f"unknown encryption algorithm {algorithm!r}; expected one of {sorted(_CIPHERS)}")
     info = EncryptionInfo(algorithm=algorithm, key_id=key_id, nonce=secrets.token_bytes(NONCE_BYTES))
+    return seal_exact(plaintext, info, binding, keyring=keyring), info
+
+
+def seal_exact(
+    plaintext: bytes | bytearray | memoryview, info: EncryptionInfo, binding: Binding, *, keyring: Keyring
+) -> bytes:
+    """Seal ``plaintext`` with the algorithm, key and nonce ``info`` records: the bytes :func:`encrypt_data` gave.
+
+    Only for rebuilding bytes already sealed once with ``info`` (a store
+    restoring an incremental section): the same plaintext under the same
+    nonce gives the same ciphertext, so no nonce is used for two messages.
+    """
     aead = _cipher(info, keyring)
     view = memoryview(plaintext)
     count = max(1, -(-len(view) // CHUNK_SIZE))
@@ -268,7 +281,7 @@ def encrypt_data(
         chunk = view[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE]
         ad = _associated_data(info, binding, i, i == count - 1)
         parts.append(aead.encrypt(_chunk_nonce(info.nonce, i), chunk, ad))
-    return (parts[0] if count == 1 else b"".join(parts)), info
+    return parts[0] if count == 1 else b"".join(parts)
 
 
 def decrypt_data(

@@ -20,12 +20,14 @@ import re
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import ClassVar, Self
+from dataclasses import dataclass
+from typing import ClassVar, Self, TypeVar
 
 import msgspec
 
 from ..checksum import section_digest
-from ..container import SnapshotHeader, assemble, build_header, decode_header
+from ..container import SectionHeader, SnapshotHeader, assemble, build_header, decode_header
+from ..crypto import Keyring
 from ..errors import (
     ChecksumMismatch,
     CorruptSnapshot,
@@ -35,9 +37,32 @@ from ..errors import (
     StoreLocked,
     StoreWarning,
 )
-from ..model import StateSnapshot
+from ..model import StateSection, StateSnapshot
+from ._chain import (
+    BASE,
+    BYTES_DELTA,
+    MAP_DELTA,
+    ChainObject,
+    ChainRef,
+    ChainState,
+    Plan,
+    apply_chain,
+    diff,
+    open_object,
+    plan_section,
+    rebuild_section,
+    seal_object,
+    state_of,
+)
 from ._locking import Held, ObjectLock, RWLock
-from ._manifest import SnapshotInfo, info_from_header, manifest_bytes, parse_manifest, verify_manifest
+from ._manifest import (
+    CHAINED_MAGIC,
+    SnapshotInfo,
+    info_from_header,
+    manifest_bytes,
+    parse_chained,
+    verify_manifest,
+)
 from ._retention import check_rules, order_key, plan_prune
 
 __all__ = [
@@ -59,6 +84,7 @@ _THREAD_ABOVE = 1 << 20
 #: Manifests read at once when listing a remote store.
 _READ_CONCURRENCY = 16
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$")
+_T = TypeVar("_T")
 _BLOB_KEY = re.compile(r"^blobs/([0-9a-f]{2})/([0-9a-f]{64})$")
 
 
@@ -144,6 +170,28 @@ class PruneReport(msgspec.Struct):
 class _Manifests(msgspec.Struct):
     headers: list[tuple[ObjectInfo, SnapshotHeader, int]]
     unreadable: list[UnreadableEntry]
+    #: snapshot id -> section name -> chain, for manifests with incremental sections.
+    chains: dict[str, dict[str, ChainRef]] = msgspec.field(default_factory=dict)
+
+
+@dataclass
+class _Remembered:
+    """What a store remembers of the last chain it wrote for a plugin's section (in memory, per store object)."""
+
+    snapshot_id: str
+    ref: ChainRef
+    state: ChainState
+
+
+@dataclass
+class _Chained:
+    """An incremental section of a put in progress: its plan, chain, and the objects it writes."""
+
+    name: str
+    plan: Plan
+    ref: ChainRef
+    state: ChainState
+    new: dict[str, bytes]
 
 
 class SnapshotStore(abc.ABC):
@@ -166,6 +214,16 @@ class SnapshotStore(abc.ABC):
     lock_timeout: float = 600.0
     #: Seconds after which a lock object nobody refreshed is dead (``shared_by_machines`` backends).
     lock_stale: float = 120.0
+    #: Keep large sections incrementally: a base and deltas (docs/format.md, "Incremental sections in stores").
+    incremental: bool = True
+    #: Sections whose stored bytes are fewer than this are kept whole.
+    incremental_min_bytes: int = 1 << 20
+    #: A chain holds at most this many deltas: the next backup of the section writes a new base.
+    chain_max_deltas: int = 8
+    #: A new base is written instead of a delta that would bring the chain's deltas past this fraction of its base.
+    chain_max_ratio: float = 0.5
+    #: Keys with which encrypted sections are kept incrementally; without them they are kept whole.
+    keyring: Keyring | None = None
 
     # -- the backend contract ----------------------------------------------------------------------
     @classmethod
@@ -218,12 +276,17 @@ class SnapshotStore(abc.ABC):
         await self.close()
 
     # -- the public API ----------------------------------------------------------------------------
-    async def put(self, snapshot: StateSnapshot) -> SnapshotInfo:
+    async def put(self, snapshot: StateSnapshot, *, keyring: Keyring | None = None) -> SnapshotInfo:
         """Store ``snapshot``; only sections not already stored are written.
 
         A section whose blob already exists is checked first (its length
         always, its content when small): a damaged blob is rewritten from
         the bytes in hand, so an acknowledged put is always readable.
+
+        Large sections are kept incrementally (only what changed since the
+        previous backup of the plugin's section), when the store can rebuild
+        their bytes exactly; encrypted ones only with the key, from
+        ``keyring`` or :attr:`keyring`. See docs/format.md.
 
         Raises:
             StoreError: unsafe ids, or a snapshot with this id already exists.
@@ -232,49 +295,77 @@ class SnapshotStore(abc.ABC):
         """
         check_id(snapshot.id)
         check_id(snapshot.plugin_id, "plugin id")
+        keyring = keyring or self.keyring
         large = sum(len(s.data) for s in snapshot.sections.values()) >= _THREAD_ABOVE
         parsed = await asyncio.to_thread(build_header, snapshot) if large else build_header(snapshot)
-        manifest = manifest_bytes(parsed)
-        blobs = {sh.digest.hex(): sec.data for sh, sec in zip(parsed.sections, snapshot.sections.values(), strict=True)}
-        async with self._hold(exclusive=False) as lease:
+        chained = await self._plan_chains(snapshot, keyring)
+        blobs = {
+            sh.digest.hex(): sec.data
+            for sh, sec in zip(parsed.sections, snapshot.sections.values(), strict=True)
+            if sh.name not in chained
+        }
+
+        async def secure() -> bool:
+            """Every blob and chain object in place; True when a chain had to start afresh (manifest changes)."""
             for digest, payload in blobs.items():
                 await self._ensure_blob(digest, payload)
+            changed = False
+            for item in chained.values():
+                changed |= await self._secure_chain(item, snapshot.plugin_id, keyring)
+            return changed
+
+        async with self._hold(exclusive=False) as lease:
+            await secure()
             if lease is not None and not lease.fresh():  # slow put: a collector may have judged our lock dead
                 await lease.write()
-                for digest, payload in blobs.items():
-                    await self._ensure_blob(digest, payload)
+                await secure()
+            manifest = manifest_bytes(parsed, {name: item.ref for name, item in chained.items()})
             try:
                 await self.write_object(MANIFESTS + snapshot.id, manifest, exclusive=True)
             except FileExistsError:
                 msg = f"snapshot {snapshot.id!r} already exists in {self!r}"
                 raise StoreError(msg, snapshot_id=snapshot.id) from None
-            if lease is not None and not await lease.still_present():  # see docs/stores.md, "slow holders"
-                for digest, payload in blobs.items():
-                    await self._ensure_blob(digest, payload)
+            if lease is not None and not await lease.still_present() and await secure():  # docs/stores.md
+                manifest = manifest_bytes(parsed, {name: item.ref for name, item in chained.items()})
+                await self.write_object(MANIFESTS + snapshot.id, manifest)
+        memory = self._chain_memory()
+        for name, item in chained.items():
+            memory[snapshot.plugin_id, name] = _Remembered(snapshot.id, item.ref, item.state)
         return info_from_header(parsed, len(manifest))
 
-    async def get(self, snapshot_id: str, *, verify_key: bytes | None = None) -> StateSnapshot:
+    async def get(
+        self, snapshot_id: str, *, verify_key: bytes | None = None, keyring: Keyring | None = None
+    ) -> StateSnapshot:
         """The snapshot with ``snapshot_id``, every section verified.
 
         Args:
             snapshot_id: which snapshot.
             verify_key: when given, the snapshot must carry a valid HMAC
                 signature by this key (checked before any blob is read).
+            keyring: keys for encrypted sections kept incrementally (default
+                :attr:`keyring`): their bytes are sealed again as they were exported.
 
         Raises:
             SnapshotNotFound: no such snapshot (or it was deleted while being read).
             ChecksumMismatch: a stored section or the manifest is damaged, or the signature is bad/missing.
+            MissingKey: an encrypted section kept incrementally, and no key for it.
         """
-        header = await self._header(snapshot_id)
+        keyring = keyring or self.keyring
+        header, chains = self._parse_chained(await self._manifest(snapshot_id), snapshot_id)
         if verify_key is not None:
             verify_manifest(header, verify_key)
         payloads = []
         for sh in header.sections:
+            ref = chains.get(sh.name)
             try:
-                payloads.append(await self.read_object(blob_key(sh.digest.hex())))
+                if ref is None:
+                    payloads.append(await self.read_object(blob_key(sh.digest.hex())))
+                else:
+                    payloads.append(await self._rebuild(header, sh, ref, keyring))
             except KeyError:
                 await self._manifest(snapshot_id)  # SnapshotNotFound if it was deleted meanwhile
-                msg = f"snapshot {snapshot_id!r} is damaged: blob of section {sh.name!r} is missing"
+                what = "blob" if ref is None else "a chain object"
+                msg = f"snapshot {snapshot_id!r} is damaged: {what} of section {sh.name!r} is missing"
                 raise ChecksumMismatch(msg) from None
         if sum(map(len, payloads)) >= _THREAD_ABOVE:
             return await asyncio.to_thread(assemble, header, payloads, verify_key=verify_key)
@@ -426,11 +517,10 @@ class SnapshotStore(abc.ABC):
         state: dict[str, str] = {}  # digest -> "ok" | "missing" | "damaged"
         total = len(found.headers) + sum(1 for u in found.unreadable if u.snapshot_id is not None)
         for done, (obj, header, _) in enumerate(found.headers, 1):
-            for sh in header.sections:
-                digest = sh.digest.hex()
+            for name, digest, length, chained in _stored_parts(header, found.chains.get(header.id, {})):
                 referenced.add(digest)
                 if digest not in state:
-                    state[digest] = await self._blob_state(digest, sh.length, digest in blobs, read_data)
+                    state[digest] = await self._blob_state(digest, length, digest in blobs, read_data)
                 if state[digest] == "ok":
                     continue
                 if await self.stat_object(obj.key) is None:
@@ -438,8 +528,8 @@ class SnapshotStore(abc.ABC):
                 if repair and state[digest] != "repaired":
                     state[digest] = await self._repair_blob(digest, state[digest], source, repaired)
                 if state[digest] != "repaired":
-                    short = digest[:16]
-                    problems.append(f"snapshot {header.id!r}: blob {short} of section {sh.name!r} is {state[digest]}")
+                    what = f"chain object {digest[:16]}" if chained else f"blob {digest[:16]}"
+                    problems.append(f"snapshot {header.id!r}: {what} of section {name!r} is {state[digest]}")
             if progress is not None:
                 progress(done, total)
         checked = len(found.headers)
@@ -447,6 +537,145 @@ class SnapshotStore(abc.ABC):
         return VerifyReport(
             not problems, checked, problems, hashed, len(blobs - referenced), repaired, sorted(set(strays))
         )
+
+    # -- incremental sections ----------------------------------------------------------------------
+    def _chain_memory(self) -> dict[tuple[str, str], _Remembered]:
+        memory: dict[tuple[str, str], _Remembered] | None = self.__dict__.get("_st_chains")
+        if memory is None:
+            memory = self.__dict__["_st_chains"] = {}
+        return memory
+
+    async def _plan_chains(self, snapshot: StateSnapshot, keyring: Keyring | None) -> dict[str, _Chained]:
+        """The sections of ``snapshot`` kept incrementally, each with its chain and the objects to write."""
+        out: dict[str, _Chained] = {}
+        if not self.incremental:
+            return out
+        for name, sec in snapshot.sections.items():
+            if len(sec.data) < max(self.incremental_min_bytes, 1):
+                continue
+            plan = await _offload(len(sec.data), plan_section, sec, snapshot_id=snapshot.id,
+                                  plugin_id=snapshot.plugin_id, keyring=keyring)  # fmt: skip
+            if plan is None:
+                continue
+            parent = await self._parent(snapshot.plugin_id, name, plan, keyring)
+            if parent is not None and len(parent[0].objects) - 1 >= self.chain_max_deltas:
+                parent = None
+            state, body = await _offload(len(plan.plain), diff, plan.kind, plan.plain, plan.split,
+                                         None if parent is None else parent[1])  # fmt: skip
+            if parent is not None and body is not None:
+                kind = MAP_DELTA if plan.kind == "map" else BYTES_DELTA
+                obj = await _offload(len(body), self._seal, kind, body, plan, plugin_id=snapshot.plugin_id,
+                                     section=name, keyring=keyring)  # fmt: skip
+                objects = parent[0].objects
+                if sum(o.length for o in objects[1:]) + len(obj) <= self.chain_max_ratio * objects[0].length:
+                    digest = section_digest(obj)
+                    ref = ChainRef(plan.kind, [*objects, ChainObject(digest, len(obj))], plan.frames, plan.key_id)
+                    out[name] = _Chained(name, plan, ref, state, {digest.hex(): obj})
+                    continue
+            out[name] = await self._fresh_chain(name, plan, state, snapshot.plugin_id, keyring)
+        return out
+
+    @staticmethod
+    def _seal(kind: int, body: bytes, plan: Plan, *, plugin_id: str, section: str, keyring: Keyring | None) -> bytes:
+        return seal_object(kind, body, plugin_id=plugin_id, section=section, keyring=keyring, key_id=plan.key_id,
+                           algorithm=plan.algorithm)  # fmt: skip
+
+    async def _fresh_chain(
+        self, name: str, plan: Plan, state: ChainState, plugin_id: str, keyring: Keyring | None
+    ) -> _Chained:
+        """A chain of one object: the whole plaintext (a base)."""
+        obj = await _offload(len(plan.plain), self._seal, BASE, plan.plain, plan, plugin_id=plugin_id, section=name,
+                             keyring=keyring)  # fmt: skip
+        digest = await _offload(len(obj), section_digest, obj)
+        ref = ChainRef(plan.kind, [ChainObject(digest, len(obj))], plan.frames, plan.key_id)
+        return _Chained(name, plan, ref, state, {digest.hex(): obj})
+
+    async def _parent(
+        self, plugin_id: str, name: str, plan: Plan, keyring: Keyring | None
+    ) -> tuple[ChainRef, ChainState] | None:
+        """The chain of the newest snapshot of this plugin keeping section ``name`` the same way, and its state.
+
+        The state is remembered from this store object's last put of the
+        section; otherwise the plaintext is rebuilt from the store once.
+        """
+
+        def fits(ref: ChainRef | None) -> bool:
+            return ref is not None and ref.kind == plan.kind and ref.key_id == plan.key_id
+
+        memory = self._chain_memory()
+        hit = memory.get((plugin_id, name))
+        if hit is not None and fits(hit.ref) and await self.stat_object(MANIFESTS + hit.snapshot_id) is not None:
+            return hit.ref, hit.state
+        found = await self._read_manifests()
+        candidates = [
+            (order_key(info_from_header(header, size)), header.id, found.chains[header.id][name])
+            for _, header, size in found.headers
+            if header.plugin_id == plugin_id and fits(found.chains.get(header.id, {}).get(name))
+        ]
+        if not candidates:
+            return None
+        _, snapshot_id, ref = max(candidates, key=lambda c: c[0])
+        try:
+            plain = await self._chain_plain(ref, plugin_id, name, keyring)
+            state = await _offload(len(plain), state_of, ref.kind, plain)
+        except (StateTransferError, KeyError):
+            return None  # damaged or gone: this put starts a new chain
+        memory[plugin_id, name] = _Remembered(snapshot_id, ref, state)
+        return ref, state
+
+    async def _secure_chain(self, item: _Chained, plugin_id: str, keyring: Keyring | None) -> bool:
+        """Write the chain's new objects and check the ones it shares; True when it had to start afresh.
+
+        Shared objects are checked as dedup hits are (length, and content when
+        small); one missing or damaged makes the put write a base instead.
+        """
+        for digest, data in item.new.items():
+            await self._ensure_blob(digest, data)
+        for obj in item.ref.objects:
+            digest = obj.digest.hex()
+            if digest not in item.new and not await self._trusted(digest, obj.length):
+                fresh = await self._fresh_chain(item.name, item.plan, item.state, plugin_id, keyring)
+                item.ref, item.new = fresh.ref, fresh.new
+                for key, data in item.new.items():
+                    await self._ensure_blob(key, data)
+                return True
+        return False
+
+    async def _chain_plain(self, ref: ChainRef, plugin_id: str, name: str, keyring: Keyring | None) -> bytes:
+        """The plaintext a chain rebuilds, every object checked against its digest.
+
+        Raises:
+            KeyError: an object is missing.
+            ChecksumMismatch: an object is damaged.
+        """
+        bodies = []
+        for obj in ref.objects:
+            data = await self.read_object(blob_key(obj.digest.hex()))
+            if len(data) != obj.length or await _offload(len(data), section_digest, data) != obj.digest:
+                raise ChecksumMismatch(f"chain object {obj.digest.hex()[:16]} of section {name!r} is damaged")
+            bodies.append(await _offload(len(data), open_object, data, plugin_id=plugin_id, section=name,
+                                         keyring=keyring))  # fmt: skip
+        return await _offload(sum(o.length for o in ref.objects), apply_chain, ref.kind, bodies, section=name)
+
+    async def _rebuild(
+        self, header: SnapshotHeader, sh: SectionHeader, ref: ChainRef, keyring: Keyring | None
+    ) -> bytes:
+        """The stored bytes of an incremental section, as exported (checked against its digest by the caller)."""
+        try:
+            plain = await self._chain_plain(ref, header.plugin_id, sh.name, keyring)
+        except CorruptSnapshot as exc:
+            raise ChecksumMismatch(f"snapshot {header.id!r} is damaged: {exc}") from None
+        section = StateSection(sh.name, sh.schema_version, b"", sh.compressed, sh.encryption, sh.metadata)
+        return await _offload(len(plain), rebuild_section, section, plain, ref.frames, snapshot_id=header.id,
+                              plugin_id=header.plugin_id, keyring=keyring)  # fmt: skip
+
+    async def _trusted(self, digest: str, length: int) -> bool:
+        """Whether blob ``digest`` may be reused: present, ``length`` bytes, and content-checked when small."""
+        existing = await self.stat_object(blob_key(digest))
+        trusted = existing is not None and existing.regular and existing.size == length
+        if trusted and length <= self.verify_dedup_bytes:
+            trusted = await self._blob_state(digest, length, True, True) == "ok"
+        return trusted
 
     # -- helpers -----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -460,14 +689,8 @@ class SnapshotStore(abc.ABC):
 
     async def _ensure_blob(self, digest: str, payload: bytes) -> None:
         """Make sure the blob ``digest`` holds ``payload``: write it if absent or known bad."""
-        key = blob_key(digest)
-        existing = await self.stat_object(key)
-        trusted = existing is not None and existing.regular and existing.size == len(payload)
-        if trusted and len(payload) <= self.verify_dedup_bytes:
-            trusted = await self._blob_state(digest, len(payload), True, True) == "ok"
-        if trusted:
-            return
-        await self.write_object(key, payload)
+        if not await self._trusted(digest, len(payload)):
+            await self.write_object(blob_key(digest), payload)
 
     async def _blob_state(self, digest: str, length: int, listed: bool, read_data: bool) -> str:
         if not read_data:
@@ -518,8 +741,12 @@ class SnapshotStore(abc.ABC):
 
     @staticmethod
     def _parse(manifest: bytes, snapshot_id: str) -> SnapshotHeader:
+        return SnapshotStore._parse_chained(manifest, snapshot_id)[0]
+
+    @staticmethod
+    def _parse_chained(manifest: bytes, snapshot_id: str) -> tuple[SnapshotHeader, dict[str, ChainRef]]:
         try:
-            return parse_manifest(manifest, snapshot_id)
+            return parse_chained(manifest, snapshot_id)
         except CorruptSnapshot as exc:
             exc.snapshot_id = exc.snapshot_id or snapshot_id
             raise
@@ -532,6 +759,7 @@ class SnapshotStore(abc.ABC):
         entries = await self.list_objects(MANIFESTS)
         headers: list[tuple[ObjectInfo, SnapshotHeader, int]] = []
         unreadable: list[UnreadableEntry] = []
+        chains: dict[str, dict[str, ChainRef]] = {}
         limit = asyncio.Semaphore(_READ_CONCURRENCY)
 
         async def read(obj: ObjectInfo) -> None:
@@ -545,14 +773,18 @@ class SnapshotStore(abc.ABC):
                 except KeyError:
                     return  # deleted since listing
             try:
-                headers.append((obj, parse_manifest(data, name), len(data)))
+                header, chained = parse_chained(data, name)
             except CorruptSnapshot as exc:
                 unreadable.append(UnreadableEntry(obj.key, str(exc), name, _peek_plugin_id(data), obj.mtime))
+                return
+            headers.append((obj, header, len(data)))
+            if chained:
+                chains[name] = chained
 
         await asyncio.gather(*(read(obj) for obj in entries))
         headers.sort(key=lambda item: item[0].key)
         unreadable.sort(key=lambda u: u.key)
-        return _Manifests(headers, unreadable)
+        return _Manifests(headers, unreadable, chains)
 
     async def _collect_garbage(self, lease: Held | None) -> tuple[int, builtins.list[UnreadableEntry]]:
         """Delete blobs no manifest references; returns how many, and the unreadable manifests that stopped it.
@@ -565,7 +797,7 @@ class SnapshotStore(abc.ABC):
         damaged = [u for u in found.unreadable if u.snapshot_id is not None]
         if damaged:
             return 0, damaged
-        referenced = {sh.digest.hex() for _, header, _ in found.headers for sh in header.sections}
+        referenced = _referenced(found)
         blobs, _ = _split_blobs(await self.list_objects(BLOBS))
         orphans = sorted(blobs - referenced)
         for digest in orphans:
@@ -574,6 +806,32 @@ class SnapshotStore(abc.ABC):
                 raise StoreLocked(msg)
             await self.delete_object(blob_key(digest))
         return len(orphans), []
+
+
+async def _offload(size: int, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+    """``fn(*args, **kwargs)``, in a worker thread when it handles ``size`` bytes or more (the loop stays free)."""
+    if size >= _THREAD_ABOVE:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+def _stored_parts(header: SnapshotHeader, chains: dict[str, ChainRef]) -> builtins.list[tuple[str, str, int, bool]]:
+    """(section name, blob digest, length, is a chain object) of every blob a manifest needs."""
+    out = []
+    for sh in header.sections:
+        ref = chains.get(sh.name)
+        if ref is None:
+            out.append((sh.name, sh.digest.hex(), sh.length, False))
+        else:
+            out += [(sh.name, obj.digest.hex(), obj.length, True) for obj in ref.objects]
+    return out
+
+
+def _referenced(found: _Manifests) -> set[str]:
+    """Every blob the readable manifests need (chain objects count: a kept snapshot keeps its chain's base)."""
+    return {
+        part[1] for _, header, _ in found.headers for part in _stored_parts(header, found.chains.get(header.id, {}))
+    }
 
 
 def _split_blobs(entries: builtins.list[ObjectInfo]) -> tuple[set[str], builtins.list[str]]:
@@ -592,7 +850,7 @@ def _split_blobs(entries: builtins.list[ObjectInfo]) -> tuple[set[str], builtins
 def _peek_plugin_id(data: bytes) -> str | None:
     """The plugin id a damaged manifest seems to name, if its header still decodes (best effort)."""
     with contextlib.suppress(Exception):
-        return decode_header(memoryview(data)[38:]).plugin_id
+        return decode_header(memoryview(data)[42 if data.startswith(CHAINED_MAGIC) else 38 :]).plugin_id
     return None
 
 

@@ -1,0 +1,427 @@
+"""Incremental sections in stores: a base object and a chain of deltas that rebuild a section exactly.
+
+A large section is stored as its *plaintext* (decrypted, decompressed
+encoding), not as its stored bytes: a full copy (the base) and, for each
+later backup of the same plugin and section, a delta against the previous
+one. Maps (msgpack dicts) get entry deltas (entries set and removed);
+everything else gets content-defined chunk deltas (FastCDC: copies from the
+previous plaintext and literal bytes). A get rebuilds the plaintext, then
+compresses it frame by frame and seals it with the nonce the manifest
+records, which gives back the exported bytes exactly: the section digest,
+the snapshot checksum and any signature are checked against the original
+header. A put uses a chain only after checking that this rebuild reproduces
+the section's bytes. The object format is specified in ``docs/format.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from pyfastcdc import FastCDC
+
+from ..compression import compress, declared_size, decompress
+from ..crypto import SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, seal_exact
+from ..errors import CorruptSnapshot, MissingKey, StateTransferError
+from ..model import EncryptionInfo, StateSection
+from ..sections import SECTION_MAX_SIZE, unpack_section
+
+__all__ = [
+    "BASE",
+    "BYTES_DELTA",
+    "MAP_DELTA",
+    "ChainObject",
+    "ChainRef",
+    "ChainState",
+    "Plan",
+    "apply_chain",
+    "diff",
+    "open_object",
+    "plan_section",
+    "rebuild_section",
+    "seal_object",
+    "state_of",
+]
+
+OBJECT_MAGIC = b"STCO"
+OBJECT_VERSION = 1
+BASE, MAP_DELTA, BYTES_DELTA = 0, 1, 2
+_KIND_OF = {BASE: None, MAP_DELTA: "map", BYTES_DELTA: "bytes"}
+_PREFIX = struct.Struct(">4sBBH")  # magic, version, object type, envelope length
+#: FastCDC chunk sizes for byte deltas: a contiguous change costs about two average chunks beyond itself.
+CDC_MIN, CDC_AVG, CDC_MAX = 16 << 10, 64 << 10, 256 << 10
+_DIGEST = 16
+_BINDING_DOMAIN = "statetransfer/chain/v1"
+_enc = msgspec.msgpack.Encoder()
+_raw_map = msgspec.msgpack.Decoder(dict[Any, msgspec.Raw])
+
+
+class ChainObject(msgspec.Struct, array_like=True, frozen=True):
+    """One stored object of a chain: its blob digest and length."""
+
+    digest: bytes
+    length: int
+
+
+class ChainRef(msgspec.Struct, array_like=True, frozen=True):
+    """How a manifest's section is kept as a chain: kind, objects (base first), compression frames, sealing key."""
+
+    kind: str  # "map" | "bytes"
+    objects: list[ChainObject]
+    #: Plaintext size of each compression frame of the section; empty when the section is stored uncompressed.
+    frames: list[int]
+    #: The key the chain's objects are sealed with (None: not sealed).
+    key_id: str | None
+
+
+class _MapDelta(msgspec.Struct, array_like=True):
+    header: bytes
+    removed: list[bytes]
+    keys: list[bytes]
+    values: list[bytes]
+
+
+class _BytesDelta(msgspec.Struct, array_like=True):
+    ops: list[int]  # pairs: (source offset in the previous plaintext, length); source -1 takes literal bytes
+    literal: bytes
+
+
+_map_delta = msgspec.msgpack.Decoder(_MapDelta)
+_bytes_delta = msgspec.msgpack.Decoder(_BytesDelta)
+
+
+# -- objects -----------------------------------------------------------------------------------------
+def _binding(plugin_id: str, section: str, kind: int) -> Binding:
+    return Binding(_BINDING_DOMAIN, plugin_id, section, kind)
+
+
+def seal_object(
+    kind: int, body: bytes, *, plugin_id: str, section: str, keyring: Keyring | None, key_id: str | None, algorithm: str
+) -> bytes:
+    """A chain object: prefix, envelope (the encryption parameters, or nil), then the zstd frame of ``body``, sealed."""
+    payload = compress(body, "zstd")
+    envelope: Any = None
+    if key_id is not None:
+        assert keyring is not None
+        payload, info = encrypt_data(payload, _binding(plugin_id, section, kind), keyring=keyring, key_id=key_id,
+                                     algorithm=algorithm)  # fmt: skip
+        envelope = [info.algorithm, info.key_id, info.nonce]
+    env = _enc.encode(envelope)
+    return _PREFIX.pack(OBJECT_MAGIC, OBJECT_VERSION, kind, len(env)) + env + payload
+
+
+def open_object(data: bytes, *, plugin_id: str, section: str, keyring: Keyring | None) -> tuple[int, bytes]:
+    """(object type, body) of a chain object.
+
+    Raises:
+        CorruptSnapshot: malformed object.
+        MissingKey / DecryptionFailed: a sealed object that cannot be opened.
+    """
+    if len(data) < _PREFIX.size:
+        raise CorruptSnapshot(f"chain object of section {section!r} is truncated")
+    magic, version, kind, env_len = _PREFIX.unpack_from(data)
+    if magic != OBJECT_MAGIC or version != OBJECT_VERSION or kind not in _KIND_OF:
+        raise CorruptSnapshot(f"chain object of section {section!r} has a wrong prefix")
+    start = _PREFIX.size + env_len
+    try:
+        envelope = msgspec.msgpack.decode(data[_PREFIX.size : start])
+    except msgspec.DecodeError as exc:
+        raise CorruptSnapshot(f"chain object of section {section!r}: bad envelope ({exc})") from None
+    payload: bytes | memoryview = memoryview(data)[start:]
+    if envelope is not None:
+        if not (isinstance(envelope, list) and len(envelope) == 3):
+            raise CorruptSnapshot(f"chain object of section {section!r}: bad envelope")
+        algorithm, key_id, nonce = envelope
+        if keyring is None or key_id not in keyring:
+            raise MissingKey(f"section {section!r} is stored incrementally, sealed with key {key_id!r}", key_id=key_id)
+        info = EncryptionInfo(algorithm, key_id, nonce)
+        payload = decrypt_data(payload, info, _binding(plugin_id, section, kind), keyring=keyring)
+    return kind, decompress(payload, "zstd", max_size=SECTION_MAX_SIZE)
+
+
+# -- the plaintext of maps ---------------------------------------------------------------------------
+def _map_header_size(first: int) -> int | None:
+    if 0x80 <= first <= 0x8F:
+        return 1
+    return {0xDE: 3, 0xDF: 5}.get(first)
+
+
+def split_map(plain: bytes) -> tuple[bytes, list[bytes], list[msgspec.Raw]] | None:
+    """(header, key encodings, value encodings) of a msgpack map whose entries re-join to exactly ``plain``."""
+    size = _map_header_size(plain[0]) if plain else None
+    if size is None:
+        return None
+    try:
+        decoded = _raw_map.decode(plain)
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError, UnicodeDecodeError):
+        return None
+    try:
+        keys = [_enc.encode(k) for k in decoded]
+    except (TypeError, msgspec.EncodeError):
+        return None
+    values = list(decoded.values())
+    if memoryview(plain)[size:] != b"".join(itertools.chain.from_iterable(zip(keys, values, strict=True))):
+        return None  # duplicate keys, or an encoding msgspec would not write: not a map we can rebuild
+    return plain[:size], keys, values
+
+
+def _value_digest(value: Any) -> bytes:
+    return hashlib.blake2b(value, digest_size=_DIGEST).digest()
+
+
+# -- what a put remembers about the previous plaintext -----------------------------------------------
+@dataclass
+class ChainState:
+    """The previous plaintext of a chain, as a put compares against it (kept in memory only, never stored)."""
+
+    kind: str
+    #: maps: key encoding -> digest of the value encoding, in entry order.
+    entries: dict[bytes, bytes]
+    #: bytes: chunk digest -> (offset, length) in the plaintext.
+    chunks: dict[bytes, tuple[int, int]]
+
+
+def _chunks(plain: bytes) -> list[tuple[bytes, int, int]]:
+    """(digest, offset, length) of each content-defined chunk of ``plain``."""
+    view = memoryview(plain)
+    if len(plain) <= CDC_MIN:
+        cuts = [(0, len(plain))] if plain else []
+    else:
+        cdc = FastCDC(avg_size=CDC_AVG, min_size=CDC_MIN, max_size=CDC_MAX)
+        cuts = [(c.offset, c.length) for c in cdc.cut_buf(plain)]
+    return [(_value_digest(view[o : o + n]), o, n) for o, n in cuts]
+
+
+def state_of(kind: str, plain: bytes) -> ChainState:
+    """The :class:`ChainState` of a rebuilt plaintext."""
+    return diff(kind, plain, split_map(plain) if kind == "map" else None, None)[0]
+
+
+def diff(
+    kind: str, plain: bytes, split: tuple[bytes, list[bytes], list[msgspec.Raw]] | None, prev: ChainState | None
+) -> tuple[ChainState, bytes | None]:
+    """The state of ``plain``, and the body of the delta from ``prev`` to it (None without ``prev``)."""
+    if kind == "map":
+        if split is None:
+            raise CorruptSnapshot("a map chain rebuilt to something that is not a map")
+        _, keys, values = split
+        state = ChainState(kind, {k: _value_digest(v) for k, v in zip(keys, values, strict=True)}, {})
+        return state, None if prev is None else _map_delta_body(prev, state, split)
+    table = _chunks(plain)
+    state = ChainState(kind, {}, {d: (o, n) for d, o, n in table})
+    return state, None if prev is None else _bytes_delta_body(prev, table, plain)
+
+
+# -- deltas ------------------------------------------------------------------------------------------
+def _map_delta_body(prev: ChainState, new: ChainState, split: tuple[bytes, list[bytes], list[msgspec.Raw]]) -> bytes:
+    """The delta turning the map ``prev`` describes into ``split``'s.
+
+    Entries keep their place when changed in place; entries that moved or are
+    new are removed (if present) and set again at the end, in their new order.
+    Applying it is: delete ``removed``, then assign ``keys[i] = values[i]`` in order.
+    """
+    header, keys, values = split
+    old = prev.entries
+    position = {k: i for i, k in enumerate(old)}
+    stay = 0  # the longest prefix of the new order that keeps the old relative order
+    last = -1
+    for k in keys:
+        i = position.get(k)
+        if i is None or i <= last:
+            break
+        last = i
+        stay += 1
+    tail = keys[stay:]
+    removed = [k for k in old if k not in new.entries] + [k for k in tail if k in old]
+    set_keys: list[bytes] = []
+    set_values: list[bytes] = []
+    digests = new.entries
+    for k, v in zip(keys[:stay], values[:stay], strict=True):
+        if old[k] != digests[k]:
+            set_keys.append(k)
+            set_values.append(bytes(v))
+    set_keys += tail
+    set_values += [bytes(v) for v in values[stay:]]
+    return _enc.encode(_MapDelta(header, removed, set_keys, set_values))
+
+
+def _bytes_delta_body(prev: ChainState, table: list[tuple[bytes, int, int]], plain: bytes) -> bytes:
+    """The delta rebuilding ``plain`` from the previous plaintext: copies of its chunks, and literal bytes."""
+    view = memoryview(plain)
+    ops: list[int] = []
+    literal: list[memoryview] = []
+    for digest, offset, length in table:
+        found = prev.chunks.get(digest)
+        source = -1 if found is None else found[0]
+        if source == -1:
+            literal.append(view[offset : offset + length])
+        if (ops and ops[-2] == source == -1) or (ops and source >= 0 and ops[-2] >= 0 and ops[-2] + ops[-1] == source):
+            ops[-1] += length
+        else:
+            ops += [source, length]
+    return _enc.encode(_BytesDelta(ops, b"".join(literal)))
+
+
+def apply_chain(kind: str, bodies: Sequence[tuple[int, bytes]], *, section: str) -> bytes:
+    """The plaintext a chain of opened objects (base first) rebuilds.
+
+    Raises:
+        CorruptSnapshot: an object of the wrong type, or a delta that does not fit.
+    """
+    delta_type = MAP_DELTA if kind == "map" else BYTES_DELTA
+    if not bodies or bodies[0][0] != BASE or any(t != delta_type for t, _ in bodies[1:]):
+        raise CorruptSnapshot(f"section {section!r}: chain objects are not a base followed by {kind} deltas")
+    plain = bodies[0][1]
+    if len(bodies) == 1:
+        return plain
+    try:
+        if kind == "map":
+            return _apply_map(plain, [_map_delta.decode(b) for _, b in bodies[1:]], section)
+        for _, body in bodies[1:]:
+            plain = _apply_bytes(plain, _bytes_delta.decode(body), section)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptSnapshot(f"section {section!r}: malformed delta ({exc})") from None
+    return plain
+
+
+def _apply_map(base: bytes, deltas: list[_MapDelta], section: str) -> bytes:
+    split = split_map(base)
+    if split is None:
+        raise CorruptSnapshot(f"section {section!r}: the base of a map chain is not a map")
+    header, keys, values = split
+    entries: dict[bytes, Any] = dict(zip(keys, values, strict=True))
+    for delta in deltas:
+        if len(delta.keys) != len(delta.values):
+            raise CorruptSnapshot(f"section {section!r}: a map delta has more keys than values, or fewer")
+        try:
+            for k in delta.removed:
+                del entries[k]
+        except KeyError:
+            raise CorruptSnapshot(f"section {section!r}: a map delta removes an entry that is not there") from None
+        entries.update(zip(delta.keys, delta.values, strict=True))
+        header = delta.header
+    return header + b"".join(itertools.chain.from_iterable(entries.items()))
+
+
+def _apply_bytes(prev: bytes, delta: _BytesDelta, section: str) -> bytes:
+    ops = delta.ops
+    if len(ops) % 2:
+        raise CorruptSnapshot(f"section {section!r}: a byte delta has an odd operation list")
+    view, lit = memoryview(prev), memoryview(delta.literal)
+    out: list[memoryview] = []
+    used = 0
+    for source, length in zip(ops[::2], ops[1::2], strict=True):
+        if length < 0 or source < -1 or source + length > len(view):
+            raise CorruptSnapshot(f"section {section!r}: a byte delta reaches outside the previous plaintext")
+        if source == -1:
+            out.append(lit[used : used + length])
+            used += length
+        else:
+            out.append(view[source : source + length])
+    if used != len(lit):
+        raise CorruptSnapshot(f"section {section!r}: a byte delta's literal bytes do not add up")
+    return b"".join(out)
+
+
+# -- from stored section to plaintext and back -------------------------------------------------------
+def _frame_sizes(section: StateSection, opened: bytes) -> list[int] | None:
+    """Plaintext size of each compression frame of ``opened`` (the section's bytes, unsealed); None if undeclared."""
+    if not section.compressed:
+        return []
+    algorithm = section.metadata.get("compression", "zstd")
+    table = section.metadata.get("frames")
+    lengths = [int(x) for x in table.split(",")] if table else [len(opened)]
+    sizes = []
+    start = 0
+    view = memoryview(opened)
+    for length in lengths:
+        size = declared_size(view[start : start + length], algorithm)
+        if size is None:
+            return None
+        sizes.append(size)
+        start += length
+    return sizes
+
+
+def _sealed_in(section: StateSection, snapshot_id: str, plugin_id: str) -> Binding:
+    return Binding(section.metadata.get(SEALED_IN, snapshot_id), plugin_id, section.name, section.schema_version)
+
+
+def rebuild_section(
+    section: StateSection, plain: bytes, frames: list[int], *, snapshot_id: str, plugin_id: str, keyring: Keyring | None
+) -> bytes:
+    """The stored bytes of ``section`` (whose ``data`` is ignored) from its plaintext: compress by frames, seal."""
+    data = plain
+    if section.compressed:
+        algorithm = section.metadata.get("compression", "zstd")
+        if sum(frames) != len(plain):
+            raise CorruptSnapshot(f"section {section.name!r}: frame sizes do not add up to the plaintext")
+        view, parts, start = memoryview(plain), [], 0
+        for size in frames:
+            parts.append(compress(view[start : start + size], algorithm))
+            start += size
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+    enc = section.encryption
+    if enc is not None:
+        if keyring is None or enc.key_id not in keyring:
+            raise MissingKey(
+                f"section {section.name!r} is stored incrementally: key {enc.key_id!r} is needed", key_id=enc.key_id
+            )
+        data = seal_exact(data, enc, _sealed_in(section, snapshot_id, plugin_id), keyring=keyring)
+    return data
+
+
+@dataclass
+class Plan:
+    """What a put stores for one incremental section."""
+
+    kind: str
+    plain: bytes
+    frames: list[int]
+    key_id: str | None
+    algorithm: str
+    split: tuple[bytes, list[bytes], list[msgspec.Raw]] | None
+
+
+def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, keyring: Keyring | None) -> Plan | None:
+    """The plaintext of a section that a chain can rebuild exactly, or None (stored as a whole blob).
+
+    Checks that compressing (and sealing) the plaintext again gives back the
+    section's bytes: a chain is used only when the rebuild is exact.
+    """
+    enc = section.encryption
+    if enc is not None and (keyring is None or enc.key_id not in keyring):
+        return None
+    try:
+        opened = section.data
+        if enc is not None:
+            assert keyring is not None
+            opened = decrypt_data(opened, enc, _sealed_in(section, snapshot_id, plugin_id), keyring=keyring)
+        frames = _frame_sizes(section, opened)
+        if frames is None:
+            return None
+        unsealed = msgspec.structs.replace(section, data=opened, encryption=None)
+        plain = unpack_section(unsealed, snapshot_id=snapshot_id, plugin_id=plugin_id)
+        rebuilt = rebuild_section(section, plain, frames, snapshot_id=snapshot_id, plugin_id=plugin_id, keyring=keyring)
+    except (StateTransferError, ValueError):
+        return None
+    if rebuilt != section.data:
+        return None
+    split = split_map(plain) if section.metadata.get("codec") == "msgpack" else None
+    kind = "map" if split is not None else "bytes"
+    return Plan(kind, plain, frames, None if enc is None else enc.key_id, "" if enc is None else enc.algorithm, split)
+
+
+def check_chain_objects(ref: ChainRef, section: str) -> None:
+    """Raise :class:`CorruptSnapshot` for a chain reference that cannot be one this module wrote."""
+    if (
+        ref.kind not in ("map", "bytes")
+        or not ref.objects
+        or any(len(o.digest) != 32 or o.length < 0 for o in ref.objects)
+    ):
+        raise CorruptSnapshot(f"section {section!r}: malformed chain reference")

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from .crypto import Keyring
 from .errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StoreWarning
 from .host import _export
 from .model import StateCreationReason, StateImportResult, StateSnapshot
@@ -24,10 +25,12 @@ async def backup(
     """Export ``plugin``'s state (reason ``BACKUP``) and put it into ``store``.
 
     Unchanged sections (unencrypted ones; encryption draws fresh nonces) are
-    not stored again: the store keeps one copy of each distinct section.
+    not stored again: the store keeps one copy of each distinct section. Large
+    sections are kept incrementally (only what changed since the previous
+    backup); encrypted ones too, with the plugin's keyring.
     """
     snapshot = await _export(plugin, StateCreationReason.BACKUP, tags=list(tags), expires_at=expires_at)
-    return await store.put(snapshot)
+    return await store.put(snapshot, keyring=_keyring(plugin))
 
 
 async def restore(
@@ -59,10 +62,10 @@ async def restore(
     """
     if snapshot_id is not None:
         snapshot_id = await store.resolve(snapshot_id)
-        snapshot = await store.get(snapshot_id)
+        snapshot = await store.get(snapshot_id, keyring=_keyring(plugin))
         _check_expiry(snapshot, allow_expired)
     else:
-        snapshot = await _newest(plugin.metadata.id, store, allow_older=allow_older, allow_expired=allow_expired)
+        snapshot = await _newest(plugin, store, allow_older=allow_older, allow_expired=allow_expired)
     result = await plugin.import_state(snapshot, **import_options)
     return msgspec.structs.replace(result, snapshot_id=snapshot.id)
 
@@ -74,7 +77,15 @@ def _check_expiry(snapshot: StateSnapshot, allow_expired: bool) -> None:
         raise SnapshotNotFound(msg, snapshot_id=snapshot.id)
 
 
-async def _newest(plugin_id: str, store: SnapshotStore, *, allow_older: bool, allow_expired: bool) -> StateSnapshot:
+def _keyring(plugin: StateTransferable) -> Keyring | None:
+    keyring = getattr(plugin, "keyring", None)
+    return keyring if isinstance(keyring, Keyring) else None
+
+
+async def _newest(
+    plugin: StateTransferable, store: SnapshotStore, *, allow_older: bool, allow_expired: bool
+) -> StateSnapshot:
+    plugin_id = plugin.metadata.id
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StoreWarning)  # unreadable entries are judged below
         listing = await store.list(plugin_id=plugin_id)
@@ -91,7 +102,7 @@ async def _newest(plugin_id: str, store: SnapshotStore, *, allow_older: bool, al
         raise CorruptSnapshot(msg, snapshot_id=first.snapshot_id)
     for info in infos:
         try:
-            return await store.get(info.id)
+            return await store.get(info.id, keyring=_keyring(plugin))
         except (ChecksumMismatch, CorruptSnapshot) as exc:
             if not allow_older:
                 msg = (

@@ -32,15 +32,17 @@ from ..model import EncryptionInfo, StateSection
 from ..sections import SECTION_MAX_SIZE, unpack_section
 
 __all__ = [
-    "BASE",
     "BYTES_DELTA",
     "MAP_DELTA",
+    "ChainBase",
     "ChainObject",
     "ChainRef",
     "ChainState",
     "Plan",
     "apply_chain",
     "diff",
+    "is_exact",
+    "open_base",
     "open_object",
     "plan_section",
     "rebuild_section",
@@ -50,8 +52,8 @@ __all__ = [
 
 OBJECT_MAGIC = b"STCO"
 OBJECT_VERSION = 1
-BASE, MAP_DELTA, BYTES_DELTA = 0, 1, 2
-_KIND_OF = {BASE: None, MAP_DELTA: "map", BYTES_DELTA: "bytes"}
+MAP_DELTA, BYTES_DELTA = 1, 2
+_KIND_OF = {MAP_DELTA: "map", BYTES_DELTA: "bytes"}
 _PREFIX = struct.Struct(">4sBBH")  # magic, version, object type, envelope length
 #: FastCDC chunk sizes for byte deltas: a contiguous change costs about two average chunks beyond itself.
 CDC_MIN, CDC_AVG, CDC_MAX = 16 << 10, 64 << 10, 256 << 10
@@ -68,6 +70,17 @@ class ChainObject(msgspec.Struct, array_like=True, frozen=True):
     length: int
 
 
+class ChainBase(msgspec.Struct, array_like=True, frozen=True):
+    """How to open a chain's base, the stored bytes of the section in the backup that started the chain."""
+
+    #: The snapshot id those bytes are sealed for (their AEAD binding).
+    sealed_in: str
+    schema_version: int
+    compressed: bool
+    encryption: EncryptionInfo | None
+    metadata: dict[str, str]
+
+
 class ChainRef(msgspec.Struct, array_like=True, frozen=True):
     """How a manifest's section is kept as a chain: kind, objects (base first), compression frames, sealing key."""
 
@@ -77,6 +90,7 @@ class ChainRef(msgspec.Struct, array_like=True, frozen=True):
     frames: list[int]
     #: The key the chain's objects are sealed with (None: not sealed).
     key_id: str | None
+    base: ChainBase
 
 
 class _MapDelta(msgspec.Struct, array_like=True):
@@ -267,22 +281,22 @@ def _bytes_delta_body(prev: ChainState, table: list[tuple[bytes, int, int]], pla
     return _enc.encode(_BytesDelta(ops, b"".join(literal)))
 
 
-def apply_chain(kind: str, bodies: Sequence[tuple[int, bytes]], *, section: str) -> bytes:
-    """The plaintext a chain of opened objects (base first) rebuilds.
+def apply_chain(kind: str, base: bytes, deltas: Sequence[tuple[int, bytes]], *, section: str) -> bytes:
+    """The plaintext a chain rebuilds from its base's plaintext and its opened deltas (oldest first).
 
     Raises:
-        CorruptSnapshot: an object of the wrong type, or a delta that does not fit.
+        CorruptSnapshot: a delta of the wrong type, or one that does not fit.
     """
     delta_type = MAP_DELTA if kind == "map" else BYTES_DELTA
-    if not bodies or bodies[0][0] != BASE or any(t != delta_type for t, _ in bodies[1:]):
-        raise CorruptSnapshot(f"section {section!r}: chain objects are not a base followed by {kind} deltas")
-    plain = bodies[0][1]
-    if len(bodies) == 1:
-        return plain
+    if any(t != delta_type for t, _ in deltas):
+        raise CorruptSnapshot(f"section {section!r}: a delta of a {kind} chain is not a {kind} delta")
+    if not deltas:
+        return base
+    plain = base
     try:
         if kind == "map":
-            return _apply_map(plain, [_map_delta.decode(b) for _, b in bodies[1:]], section)
-        for _, body in bodies[1:]:
+            return _apply_map(plain, [_map_delta.decode(b) for _, b in deltas], section)
+        for _, body in deltas:
             plain = _apply_bytes(plain, _bytes_delta.decode(body), section)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CorruptSnapshot(f"section {section!r}: malformed delta ({exc})") from None
@@ -378,22 +392,21 @@ def rebuild_section(
 
 @dataclass
 class Plan:
-    """What a put stores for one incremental section."""
+    """A section a put may keep incrementally: its plaintext, and how to rebuild its bytes from it."""
 
+    section: StateSection
     kind: str
     plain: bytes
     frames: list[int]
     key_id: str | None
     algorithm: str
     split: tuple[bytes, list[bytes], list[msgspec.Raw]] | None
+    #: How to open this section's bytes when they become a chain's base.
+    base: ChainBase
 
 
 def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, keyring: Keyring | None) -> Plan | None:
-    """The plaintext of a section that a chain can rebuild exactly, or None (stored as a whole blob).
-
-    Checks that compressing (and sealing) the plaintext again gives back the
-    section's bytes: a chain is used only when the rebuild is exact.
-    """
+    """The plaintext of a section and how it was packed, or None when it cannot be opened (kept whole)."""
     enc = section.encryption
     if enc is not None and (keyring is None or enc.key_id not in keyring):
         return None
@@ -407,14 +420,34 @@ def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, key
             return None
         unsealed = msgspec.structs.replace(section, data=opened, encryption=None)
         plain = unpack_section(unsealed, snapshot_id=snapshot_id, plugin_id=plugin_id)
-        rebuilt = rebuild_section(section, plain, frames, snapshot_id=snapshot_id, plugin_id=plugin_id, keyring=keyring)
     except (StateTransferError, ValueError):
-        return None
-    if rebuilt != section.data:
         return None
     split = split_map(plain) if section.metadata.get("codec") == "msgpack" else None
     kind = "map" if split is not None else "bytes"
-    return Plan(kind, plain, frames, None if enc is None else enc.key_id, "" if enc is None else enc.algorithm, split)
+    bound = section.metadata.get(SEALED_IN, snapshot_id)
+    base = ChainBase(bound, section.schema_version, section.compressed, enc, section.metadata)
+    key_id, algorithm = (None, "") if enc is None else (enc.key_id, enc.algorithm)
+    return Plan(section, kind, plain, frames, key_id, algorithm, split, base)
+
+
+def is_exact(plan: Plan, *, snapshot_id: str, plugin_id: str, keyring: Keyring | None) -> bool:
+    """Whether compressing (and sealing) the plaintext again gives back the section's bytes exactly.
+
+    A delta is written only then: a get rebuilds the bytes the same way.
+    """
+    try:
+        rebuilt = rebuild_section(plan.section, plan.plain, plan.frames, snapshot_id=snapshot_id,
+                                  plugin_id=plugin_id, keyring=keyring)  # fmt: skip
+    except (StateTransferError, ValueError):
+        return False
+    return rebuilt == plan.section.data
+
+
+def open_base(ref: ChainRef, data: bytes, *, plugin_id: str, section: str, keyring: Keyring | None) -> bytes:
+    """The plaintext of a chain's base object (the stored bytes of a section)."""
+    b = ref.base
+    stored = StateSection(section, b.schema_version, data, b.compressed, b.encryption, b.metadata)
+    return unpack_section(stored, snapshot_id=b.sealed_in, plugin_id=plugin_id, keyring=keyring)
 
 
 def check_chain_objects(ref: ChainRef, section: str) -> None:

@@ -39,7 +39,6 @@ from ..errors import (
 )
 from ..model import StateSection, StateSnapshot
 from ._chain import (
-    BASE,
     BYTES_DELTA,
     MAP_DELTA,
     ChainObject,
@@ -48,6 +47,8 @@ from ._chain import (
     Plan,
     apply_chain,
     diff,
+    is_exact,
+    open_base,
     open_object,
     plan_section,
     rebuild_section,
@@ -298,7 +299,7 @@ class SnapshotStore(abc.ABC):
         keyring = keyring or self.keyring
         large = sum(len(s.data) for s in snapshot.sections.values()) >= _THREAD_ABOVE
         parsed = await asyncio.to_thread(build_header, snapshot) if large else build_header(snapshot)
-        chained = await self._plan_chains(snapshot, keyring)
+        chained = await self._plan_chains(snapshot, parsed, keyring)
         blobs = {
             sh.digest.hex(): sec.data
             for sh, sec in zip(parsed.sections, snapshot.sections.values(), strict=True)
@@ -311,7 +312,7 @@ class SnapshotStore(abc.ABC):
                 await self._ensure_blob(digest, payload)
             changed = False
             for item in chained.values():
-                changed |= await self._secure_chain(item, snapshot.plugin_id, keyring)
+                changed |= await self._secure_chain(item)
             return changed
 
         async with self._hold(exclusive=False) as lease:
@@ -545,19 +546,23 @@ class SnapshotStore(abc.ABC):
             memory = self.__dict__["_st_chains"] = {}
         return memory
 
-    async def _plan_chains(self, snapshot: StateSnapshot, keyring: Keyring | None) -> dict[str, _Chained]:
+    async def _plan_chains(
+        self, snapshot: StateSnapshot, header: SnapshotHeader, keyring: Keyring | None
+    ) -> dict[str, _Chained]:
         """The sections of ``snapshot`` kept incrementally, each with its chain and the objects to write."""
         out: dict[str, _Chained] = {}
         if not self.incremental:
             return out
-        for name, sec in snapshot.sections.items():
+        found: list[_Manifests] = []  # read once per put, when some section's last chain is not remembered
+        for sh, sec in zip(header.sections, snapshot.sections.values(), strict=True):
+            name = sh.name
             if len(sec.data) < max(self.incremental_min_bytes, 1):
                 continue
             plan = await _offload(len(sec.data), plan_section, sec, snapshot_id=snapshot.id,
                                   plugin_id=snapshot.plugin_id, keyring=keyring)  # fmt: skip
             if plan is None:
                 continue
-            parent = await self._parent(snapshot.plugin_id, name, plan, keyring)
+            parent = await self._parent(snapshot.plugin_id, name, plan, keyring, found)
             if parent is not None and len(parent[0].objects) - 1 >= self.chain_max_deltas:
                 parent = None
             state, body = await _offload(len(plan.plain), diff, plan.kind, plan.plain, plan.split,
@@ -567,12 +572,15 @@ class SnapshotStore(abc.ABC):
                 obj = await _offload(len(body), self._seal, kind, body, plan, plugin_id=snapshot.plugin_id,
                                      section=name, keyring=keyring)  # fmt: skip
                 objects = parent[0].objects
-                if sum(o.length for o in objects[1:]) + len(obj) <= self.chain_max_ratio * objects[0].length:
+                small = sum(o.length for o in objects[1:]) + len(obj) <= self.chain_max_ratio * objects[0].length
+                if small and await _offload(len(sec.data), is_exact, plan, snapshot_id=snapshot.id,
+                                            plugin_id=snapshot.plugin_id, keyring=keyring):  # fmt: skip
                     digest = section_digest(obj)
-                    ref = ChainRef(plan.kind, [*objects, ChainObject(digest, len(obj))], plan.frames, plan.key_id)
+                    ref = ChainRef(plan.kind, [*objects, ChainObject(digest, len(obj))], plan.frames, plan.key_id,
+                                   parent[0].base)  # fmt: skip
                     out[name] = _Chained(name, plan, ref, state, {digest.hex(): obj})
                     continue
-            out[name] = await self._fresh_chain(name, plan, state, snapshot.plugin_id, keyring)
+            out[name] = self._fresh_chain(name, plan, state, sh.digest)
         return out
 
     @staticmethod
@@ -580,18 +588,15 @@ class SnapshotStore(abc.ABC):
         return seal_object(kind, body, plugin_id=plugin_id, section=section, keyring=keyring, key_id=plan.key_id,
                            algorithm=plan.algorithm)  # fmt: skip
 
-    async def _fresh_chain(
-        self, name: str, plan: Plan, state: ChainState, plugin_id: str, keyring: Keyring | None
-    ) -> _Chained:
-        """A chain of one object: the whole plaintext (a base)."""
-        obj = await _offload(len(plan.plain), self._seal, BASE, plan.plain, plan, plugin_id=plugin_id, section=name,
-                             keyring=keyring)  # fmt: skip
-        digest = await _offload(len(obj), section_digest, obj)
-        ref = ChainRef(plan.kind, [ChainObject(digest, len(obj))], plan.frames, plan.key_id)
-        return _Chained(name, plan, ref, state, {digest.hex(): obj})
+    @staticmethod
+    def _fresh_chain(name: str, plan: Plan, state: ChainState, digest: bytes) -> _Chained:
+        """A chain of one object, its base: the section's stored bytes, the blob a whole section would be."""
+        data = plan.section.data
+        ref = ChainRef(plan.kind, [ChainObject(digest, len(data))], plan.frames, plan.key_id, plan.base)
+        return _Chained(name, plan, ref, state, {digest.hex(): data})
 
     async def _parent(
-        self, plugin_id: str, name: str, plan: Plan, keyring: Keyring | None
+        self, plugin_id: str, name: str, plan: Plan, keyring: Keyring | None, found: builtins.list[_Manifests]
     ) -> tuple[ChainRef, ChainState] | None:
         """The chain of the newest snapshot of this plugin keeping section ``name`` the same way, and its state.
 
@@ -606,11 +611,13 @@ class SnapshotStore(abc.ABC):
         hit = memory.get((plugin_id, name))
         if hit is not None and fits(hit.ref) and await self.stat_object(MANIFESTS + hit.snapshot_id) is not None:
             return hit.ref, hit.state
-        found = await self._read_manifests()
+        if not found:
+            found.append(await self._read_manifests())
+        manifests = found[0]
         candidates = [
-            (order_key(info_from_header(header, size)), header.id, found.chains[header.id][name])
-            for _, header, size in found.headers
-            if header.plugin_id == plugin_id and fits(found.chains.get(header.id, {}).get(name))
+            (order_key(info_from_header(header, size)), header.id, manifests.chains[header.id][name])
+            for _, header, size in manifests.headers
+            if header.plugin_id == plugin_id and fits(manifests.chains.get(header.id, {}).get(name))
         ]
         if not candidates:
             return None
@@ -623,7 +630,7 @@ class SnapshotStore(abc.ABC):
         memory[plugin_id, name] = _Remembered(snapshot_id, ref, state)
         return ref, state
 
-    async def _secure_chain(self, item: _Chained, plugin_id: str, keyring: Keyring | None) -> bool:
+    async def _secure_chain(self, item: _Chained) -> bool:
         """Write the chain's new objects and check the ones it shares; True when it had to start afresh.
 
         Shared objects are checked as dedup hits are (length, and content when
@@ -634,12 +641,18 @@ class SnapshotStore(abc.ABC):
         for obj in item.ref.objects:
             digest = obj.digest.hex()
             if digest not in item.new and not await self._trusted(digest, obj.length):
-                fresh = await self._fresh_chain(item.name, item.plan, item.state, plugin_id, keyring)
+                fresh = self._fresh_chain(item.name, item.plan, item.state, section_digest(item.plan.section.data))
                 item.ref, item.new = fresh.ref, fresh.new
                 for key, data in item.new.items():
                     await self._ensure_blob(key, data)
                 return True
         return False
+
+    async def _chain_object(self, obj: ChainObject, name: str) -> bytes:
+        data = await self.read_object(blob_key(obj.digest.hex()))
+        if len(data) != obj.length or await _offload(len(data), section_digest, data) != obj.digest:
+            raise ChecksumMismatch(f"chain object {obj.digest.hex()[:16]} of section {name!r} is damaged")
+        return data
 
     async def _chain_plain(self, ref: ChainRef, plugin_id: str, name: str, keyring: Keyring | None) -> bytes:
         """The plaintext a chain rebuilds, every object checked against its digest.
@@ -648,19 +661,21 @@ class SnapshotStore(abc.ABC):
             KeyError: an object is missing.
             ChecksumMismatch: an object is damaged.
         """
-        bodies = []
-        for obj in ref.objects:
-            data = await self.read_object(blob_key(obj.digest.hex()))
-            if len(data) != obj.length or await _offload(len(data), section_digest, data) != obj.digest:
-                raise ChecksumMismatch(f"chain object {obj.digest.hex()[:16]} of section {name!r} is damaged")
-            bodies.append(await _offload(len(data), open_object, data, plugin_id=plugin_id, section=name,
+        data = await self._chain_object(ref.objects[0], name)
+        base = await _offload(len(data), open_base, ref, data, plugin_id=plugin_id, section=name, keyring=keyring)
+        deltas = []
+        for obj in ref.objects[1:]:
+            data = await self._chain_object(obj, name)
+            deltas.append(await _offload(len(data), open_object, data, plugin_id=plugin_id, section=name,
                                          keyring=keyring))  # fmt: skip
-        return await _offload(sum(o.length for o in ref.objects), apply_chain, ref.kind, bodies, section=name)
+        return await _offload(len(base), apply_chain, ref.kind, base, deltas, section=name)
 
     async def _rebuild(
         self, header: SnapshotHeader, sh: SectionHeader, ref: ChainRef, keyring: Keyring | None
     ) -> bytes:
         """The stored bytes of an incremental section, as exported (checked against its digest by the caller)."""
+        if len(ref.objects) == 1 and ref.objects[0].digest == sh.digest:
+            return await self.read_object(blob_key(sh.digest.hex()))  # the base is the section itself
         try:
             plain = await self._chain_plain(ref, header.plugin_id, sh.name, keyring)
         except CorruptSnapshot as exc:

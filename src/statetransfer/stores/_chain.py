@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from pyfastcdc import FastCDC
 
+from ..codecs import gc_paused
 from ..compression import compress, declared_size, decompress
 from ..crypto import SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, seal_exact
 from ..errors import CorruptSnapshot, MissingKey, StateTransferError
@@ -93,20 +95,12 @@ class ChainRef(msgspec.Struct, array_like=True, frozen=True):
     base: ChainBase
 
 
-class _MapDelta(msgspec.Struct, array_like=True):
-    header: bytes
-    removed: list[bytes]
-    keys: list[bytes]
-    values: list[bytes]
-
-
-class _BytesDelta(msgspec.Struct, array_like=True):
+class _Delta(msgspec.Struct, array_like=True):
     ops: list[int]  # pairs: (source offset in the previous plaintext, length); source -1 takes literal bytes
     literal: bytes
 
 
-_map_delta = msgspec.msgpack.Decoder(_MapDelta)
-_bytes_delta = msgspec.msgpack.Decoder(_BytesDelta)
+_delta = msgspec.msgpack.Decoder(_Delta)
 
 
 # -- objects -----------------------------------------------------------------------------------------
@@ -158,46 +152,46 @@ def open_object(data: bytes, *, plugin_id: str, section: str, keyring: Keyring |
     return kind, decompress(payload, "zstd", max_size=SECTION_MAX_SIZE)
 
 
-# -- the plaintext of maps ---------------------------------------------------------------------------
+# -- the layout of a map's plaintext -----------------------------------------------------------------
 def _map_header_size(first: int) -> int | None:
     if 0x80 <= first <= 0x8F:
         return 1
     return {0xDE: 3, 0xDF: 5}.get(first)
 
 
-def split_map(plain: bytes) -> tuple[bytes, list[bytes], list[msgspec.Raw]] | None:
-    """(header, key encodings, value encodings) of a msgpack map whose entries re-join to exactly ``plain``."""
+def map_layout(plain: bytes) -> tuple[list[bytes], list[int]] | None:
+    """(key encodings, entry offsets) of a msgpack map: entry ``i`` is ``plain[offsets[i]:offsets[i + 1]]``.
+
+    Only a guide for lining up entries: a delta copies a range of the
+    previous plaintext only after comparing its bytes, so a layout that is
+    wrong costs space, never correctness. None when ``plain`` is not a map.
+    """
     size = _map_header_size(plain[0]) if plain else None
     if size is None:
         return None
     try:
-        decoded = _raw_map.decode(plain)
+        with gc_paused():
+            decoded = _raw_map.decode(plain)
+            keys = list(map(_enc.encode, decoded))
+            lengths = map(operator.add, map(len, keys), map(len, decoded.values()))
+            offsets = list(itertools.accumulate(lengths, initial=size))
     except (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError, UnicodeDecodeError):
         return None
-    try:
-        keys = [_enc.encode(k) for k in decoded]
-    except (TypeError, msgspec.EncodeError):
-        return None
-    values = list(decoded.values())
-    if memoryview(plain)[size:] != b"".join(itertools.chain.from_iterable(zip(keys, values, strict=True))):
-        return None  # duplicate keys, or an encoding msgspec would not write: not a map we can rebuild
-    return plain[:size], keys, values
-
-
-def _value_digest(value: Any) -> bytes:
-    return hashlib.blake2b(value, digest_size=_DIGEST).digest()
+    return (keys, offsets) if offsets[-1] == len(plain) else None
 
 
 # -- what a put remembers about the previous plaintext -----------------------------------------------
 @dataclass
 class ChainState:
-    """The previous plaintext of a chain, as a put compares against it (kept in memory only, never stored)."""
+    """The plaintext a chain rebuilds, as the next put compares against it (in memory only, never stored)."""
 
     kind: str
-    #: maps: key encoding -> digest of the value encoding, in entry order.
-    entries: dict[bytes, bytes]
-    #: bytes: chunk digest -> (offset, length) in the plaintext.
-    chunks: dict[bytes, tuple[int, int]]
+    #: maps: the plaintext itself, its key encodings and entry offsets (see :func:`map_layout`).
+    plain: bytes = b""
+    keys: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    #: bytes: content-defined chunk digest -> (offset, length) in the plaintext.
+    chunks: dict[bytes, tuple[int, int]] = field(default_factory=dict)
 
 
 def _chunks(plain: bytes) -> list[tuple[bytes, int, int]]:
@@ -208,77 +202,125 @@ def _chunks(plain: bytes) -> list[tuple[bytes, int, int]]:
     else:
         cdc = FastCDC(avg_size=CDC_AVG, min_size=CDC_MIN, max_size=CDC_MAX)
         cuts = [(c.offset, c.length) for c in cdc.cut_buf(plain)]
-    return [(_value_digest(view[o : o + n]), o, n) for o, n in cuts]
+    return [(hashlib.blake2b(view[o : o + n], digest_size=_DIGEST).digest(), o, n) for o, n in cuts]
+
+
+def kind_of(plain: bytes, codec: str | None) -> tuple[str, tuple[list[bytes], list[int]] | None]:
+    """``("map", layout)`` for a msgpack map, else ``("bytes", None)``."""
+    layout = map_layout(plain) if codec == "msgpack" else None
+    return ("map", layout) if layout is not None else ("bytes", None)
 
 
 def state_of(kind: str, plain: bytes) -> ChainState:
     """The :class:`ChainState` of a rebuilt plaintext."""
-    return diff(kind, plain, split_map(plain) if kind == "map" else None, None)[0]
+    return diff(kind, plain, map_layout(plain) if kind == "map" else None, None)[0]
 
 
 def diff(
-    kind: str, plain: bytes, split: tuple[bytes, list[bytes], list[msgspec.Raw]] | None, prev: ChainState | None
+    kind: str, plain: bytes, layout: tuple[list[bytes], list[int]] | None, prev: ChainState | None
 ) -> tuple[ChainState, bytes | None]:
     """The state of ``plain``, and the body of the delta from ``prev`` to it (None without ``prev``)."""
     if kind == "map":
-        if split is None:
+        if layout is None:
             raise CorruptSnapshot("a map chain rebuilt to something that is not a map")
-        _, keys, values = split
-        state = ChainState(kind, {k: _value_digest(v) for k, v in zip(keys, values, strict=True)}, {})
-        return state, None if prev is None else _map_delta_body(prev, state, split)
+        keys, offsets = layout
+        state = ChainState(kind, plain, keys, offsets)
+        return state, None if prev is None else _map_delta(prev, state)
     table = _chunks(plain)
-    state = ChainState(kind, {}, {d: (o, n) for d, o, n in table})
-    return state, None if prev is None else _bytes_delta_body(prev, table, plain)
-
-
-# -- deltas ------------------------------------------------------------------------------------------
-def _map_delta_body(prev: ChainState, new: ChainState, split: tuple[bytes, list[bytes], list[msgspec.Raw]]) -> bytes:
-    """The delta turning the map ``prev`` describes into ``split``'s.
-
-    Entries keep their place when changed in place; entries that moved or are
-    new are removed (if present) and set again at the end, in their new order.
-    Applying it is: delete ``removed``, then assign ``keys[i] = values[i]`` in order.
-    """
-    header, keys, values = split
-    old = prev.entries
-    position = {k: i for i, k in enumerate(old)}
-    stay = 0  # the longest prefix of the new order that keeps the old relative order
-    last = -1
-    for k in keys:
-        i = position.get(k)
-        if i is None or i <= last:
-            break
-        last = i
-        stay += 1
-    tail = keys[stay:]
-    removed = [k for k in old if k not in new.entries] + [k for k in tail if k in old]
-    set_keys: list[bytes] = []
-    set_values: list[bytes] = []
-    digests = new.entries
-    for k, v in zip(keys[:stay], values[:stay], strict=True):
-        if old[k] != digests[k]:
-            set_keys.append(k)
-            set_values.append(bytes(v))
-    set_keys += tail
-    set_values += [bytes(v) for v in values[stay:]]
-    return _enc.encode(_MapDelta(header, removed, set_keys, set_values))
-
-
-def _bytes_delta_body(prev: ChainState, table: list[tuple[bytes, int, int]], plain: bytes) -> bytes:
-    """The delta rebuilding ``plain`` from the previous plaintext: copies of its chunks, and literal bytes."""
-    view = memoryview(plain)
-    ops: list[int] = []
-    literal: list[memoryview] = []
+    state = ChainState(kind, chunks={d: (o, n) for d, o, n in table})
+    if prev is None:
+        return state, None
+    ops = _Ops(plain)
     for digest, offset, length in table:
         found = prev.chunks.get(digest)
-        source = -1 if found is None else found[0]
-        if source == -1:
-            literal.append(view[offset : offset + length])
-        if (ops and ops[-2] == source == -1) or (ops and source >= 0 and ops[-2] >= 0 and ops[-2] + ops[-1] == source):
+        if found is None:
+            ops.literal(offset, length)
+        else:
+            ops.copy(found[0], length)
+    return state, ops.body()
+
+
+# -- deltas: copies from the previous plaintext, and literal bytes -------------------------------------
+class _Ops:
+    """Builds a delta body: ``[ops, literal]``, merging neighbouring copies and literals."""
+
+    def __init__(self, plain: bytes) -> None:
+        self.view = memoryview(plain)
+        self.ops: list[int] = []
+        self.parts: list[memoryview] = []
+        self._lit_end = -1
+
+    def copy(self, source: int, length: int) -> None:
+        if length <= 0:
+            return
+        ops = self.ops
+        if ops and ops[-2] >= 0 and ops[-2] + ops[-1] == source:
             ops[-1] += length
         else:
             ops += [source, length]
-    return _enc.encode(_BytesDelta(ops, b"".join(literal)))
+
+    def literal(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        ops = self.ops
+        if ops and ops[-2] == -1 and self._lit_end == offset:
+            ops[-1] += length
+            self.parts[-1] = self.view[offset - len(self.parts[-1]) : offset + length]
+        else:
+            ops += [-1, length]
+            self.parts.append(self.view[offset : offset + length])
+        self._lit_end = offset + length
+
+    def body(self) -> bytes:
+        return _enc.encode(_Delta(self.ops, b"".join(self.parts)))
+
+
+#: Entries compared at once before looking at single ones: with 1% of entries changed, most blocks are equal.
+_BLOCK = 16
+
+
+def _map_delta(prev: ChainState, new: ChainState) -> bytes:
+    """The delta from the map ``prev`` to ``new``: entries line up by key, equal bytes become copies."""
+    old, cur = prev.plain, new.plain
+    o_off, n_off = prev.offsets, new.offsets
+    keys = new.keys
+    count = len(keys)
+    if keys == prev.keys:
+        runs = [(0, count, 0)]
+    else:  # runs of entries that follow each other in both maps
+        position = dict(zip(prev.keys, range(len(prev.keys)), strict=True))
+        js = list(map(position.get, keys))
+        runs = []
+        i = 0
+        while i < count:
+            j = js[i]
+            if j is None:
+                i += 1
+                continue
+            start = i
+            i += 1
+            while i < count and js[i] == j + (i - start):
+                i += 1
+            runs.append((start, i, j))
+    ops = _Ops(cur)
+    cursor = 0
+    for start, end, j0 in runs:
+        ops.literal(cursor, n_off[start] - cursor)  # the header, and entries with no counterpart
+        for b in range(start, end, _BLOCK):
+            e = min(end, b + _BLOCK)
+            jb, je = j0 + b - start, j0 + e - start
+            if cur[n_off[b] : n_off[e]] == old[o_off[jb] : o_off[je]]:
+                ops.copy(o_off[jb], o_off[je] - o_off[jb])
+                continue
+            for k in range(b, e):
+                jk = j0 + k - start
+                if cur[n_off[k] : n_off[k + 1]] == old[o_off[jk] : o_off[jk + 1]]:
+                    ops.copy(o_off[jk], o_off[jk + 1] - o_off[jk])
+                else:
+                    ops.literal(n_off[k], n_off[k + 1] - n_off[k])
+        cursor = n_off[end]
+    ops.literal(cursor, len(cur) - cursor)
+    return ops.body()
 
 
 def apply_chain(kind: str, base: bytes, deltas: Sequence[tuple[int, bytes]], *, section: str) -> bytes:
@@ -290,55 +332,32 @@ def apply_chain(kind: str, base: bytes, deltas: Sequence[tuple[int, bytes]], *, 
     delta_type = MAP_DELTA if kind == "map" else BYTES_DELTA
     if any(t != delta_type for t, _ in deltas):
         raise CorruptSnapshot(f"section {section!r}: a delta of a {kind} chain is not a {kind} delta")
-    if not deltas:
-        return base
     plain = base
     try:
-        if kind == "map":
-            return _apply_map(plain, [_map_delta.decode(b) for _, b in deltas], section)
         for _, body in deltas:
-            plain = _apply_bytes(plain, _bytes_delta.decode(body), section)
+            plain = _apply(plain, _delta.decode(body), section)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CorruptSnapshot(f"section {section!r}: malformed delta ({exc})") from None
     return plain
 
 
-def _apply_map(base: bytes, deltas: list[_MapDelta], section: str) -> bytes:
-    split = split_map(base)
-    if split is None:
-        raise CorruptSnapshot(f"section {section!r}: the base of a map chain is not a map")
-    header, keys, values = split
-    entries: dict[bytes, Any] = dict(zip(keys, values, strict=True))
-    for delta in deltas:
-        if len(delta.keys) != len(delta.values):
-            raise CorruptSnapshot(f"section {section!r}: a map delta has more keys than values, or fewer")
-        try:
-            for k in delta.removed:
-                del entries[k]
-        except KeyError:
-            raise CorruptSnapshot(f"section {section!r}: a map delta removes an entry that is not there") from None
-        entries.update(zip(delta.keys, delta.values, strict=True))
-        header = delta.header
-    return header + b"".join(itertools.chain.from_iterable(entries.items()))
-
-
-def _apply_bytes(prev: bytes, delta: _BytesDelta, section: str) -> bytes:
+def _apply(prev: bytes, delta: _Delta, section: str) -> bytes:
     ops = delta.ops
     if len(ops) % 2:
-        raise CorruptSnapshot(f"section {section!r}: a byte delta has an odd operation list")
+        raise CorruptSnapshot(f"section {section!r}: a delta has an odd operation list")
     view, lit = memoryview(prev), memoryview(delta.literal)
     out: list[memoryview] = []
     used = 0
     for source, length in zip(ops[::2], ops[1::2], strict=True):
         if length < 0 or source < -1 or source + length > len(view):
-            raise CorruptSnapshot(f"section {section!r}: a byte delta reaches outside the previous plaintext")
+            raise CorruptSnapshot(f"section {section!r}: a delta reaches outside the previous plaintext")
         if source == -1:
             out.append(lit[used : used + length])
             used += length
         else:
             out.append(view[source : source + length])
     if used != len(lit):
-        raise CorruptSnapshot(f"section {section!r}: a byte delta's literal bytes do not add up")
+        raise CorruptSnapshot(f"section {section!r}: a delta's literal bytes do not add up")
     return b"".join(out)
 
 
@@ -400,7 +419,7 @@ class Plan:
     frames: list[int]
     key_id: str | None
     algorithm: str
-    split: tuple[bytes, list[bytes], list[msgspec.Raw]] | None
+    layout: tuple[list[bytes], list[int]] | None
     #: How to open this section's bytes when they become a chain's base.
     base: ChainBase
 
@@ -422,12 +441,11 @@ def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, key
         plain = unpack_section(unsealed, snapshot_id=snapshot_id, plugin_id=plugin_id)
     except (StateTransferError, ValueError):
         return None
-    split = split_map(plain) if section.metadata.get("codec") == "msgpack" else None
-    kind = "map" if split is not None else "bytes"
+    kind, layout = kind_of(plain, section.metadata.get("codec"))
     bound = section.metadata.get(SEALED_IN, snapshot_id)
     base = ChainBase(bound, section.schema_version, section.compressed, enc, section.metadata)
     key_id, algorithm = (None, "") if enc is None else (enc.key_id, enc.algorithm)
-    return Plan(section, kind, plain, frames, key_id, algorithm, split, base)
+    return Plan(section, kind, plain, frames, key_id, algorithm, layout, base)
 
 
 def is_exact(plan: Plan, *, snapshot_id: str, plugin_id: str, keyring: Keyring | None) -> bool:

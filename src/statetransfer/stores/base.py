@@ -565,16 +565,22 @@ class SnapshotStore(abc.ABC):
             parent = await self._parent(snapshot.plugin_id, name, plan, keyring, found)
             if parent is not None and len(parent[0].objects) - 1 >= self.chain_max_deltas:
                 parent = None
-            state, body = await _offload(len(plan.plain), diff, plan.kind, plan.plain, plan.split,
-                                         None if parent is None else parent[1])  # fmt: skip
-            if parent is not None and body is not None:
+            exact = None  # checked beside the diff (compression runs while the diff holds the GIL)
+            if parent is not None:
+                exact = asyncio.ensure_future(_offload(len(sec.data), is_exact, plan, snapshot_id=snapshot.id,
+                                                       plugin_id=snapshot.plugin_id, keyring=keyring))  # fmt: skip
+            try:
+                state, body = await _offload(len(plan.plain), diff, plan.kind, plan.plain, plan.layout,
+                                             None if parent is None else parent[1])  # fmt: skip
+            finally:
+                rebuilds = exact is not None and await exact
+            if parent is not None and body is not None and rebuilds:
                 kind = MAP_DELTA if plan.kind == "map" else BYTES_DELTA
                 obj = await _offload(len(body), self._seal, kind, body, plan, plugin_id=snapshot.plugin_id,
                                      section=name, keyring=keyring)  # fmt: skip
                 objects = parent[0].objects
                 small = sum(o.length for o in objects[1:]) + len(obj) <= self.chain_max_ratio * objects[0].length
-                if small and await _offload(len(sec.data), is_exact, plan, snapshot_id=snapshot.id,
-                                            plugin_id=snapshot.plugin_id, keyring=keyring):  # fmt: skip
+                if small:
                     digest = section_digest(obj)
                     ref = ChainRef(plan.kind, [*objects, ChainObject(digest, len(obj))], plan.frames, plan.key_id,
                                    parent[0].base)  # fmt: skip

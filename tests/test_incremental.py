@@ -1,0 +1,304 @@
+"""Incremental sections in stores: exact round trips over change sequences, chains, prune, verify, encryption."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+import statetransfer as st
+from statetransfer.stores.base import SnapshotStore
+
+KEYRING = st.Keyring.generate()
+_names = itertools.count()
+
+
+class Cache(st.StatefulPlugin):
+    metadata = st.PluginMetadata(id="cache", version="1.0.0")
+    entries = st.Section(dict[str, list[Any]], compress="zstd", default=dict)
+    blob = st.Section(bytes, codec="raw", default=bytes)
+    items = st.Section(list[int], default=list)
+
+
+class Sealed(st.StatefulPlugin):
+    metadata = st.PluginMetadata(id="sealed", version="1.0.0")
+    entries = st.Section(dict[str, list[Any]], compress="zstd", encrypt=True, default=dict)
+    blob = st.Section(bytes, codec="raw", encrypt=True, default=bytes)
+
+
+def small_chains(store: SnapshotStore, deltas: int = 3) -> SnapshotStore:
+    """Every section kept incrementally, and short chains, so few backups cover bases and rewrites."""
+    store.incremental_min_bytes = 1
+    store.chain_max_deltas = deltas
+    return store
+
+
+def memory_store(deltas: int = 3) -> SnapshotStore:
+    return small_chains(st.open_store(f"memory://incremental-{next(_names)}"), deltas)
+
+
+async def stored_bytes(store: SnapshotStore) -> int:
+    return sum(o.size for o in await store.list_objects("blobs/"))
+
+
+def entry(rnd: random.Random, i: int) -> list[Any]:
+    return [i, rnd.randbytes(24).hex(), rnd.random()]
+
+
+def fill(plugin: Any, rnd: random.Random, count: int = 2000, blob: int = 200_000) -> None:
+    plugin.entries = {f"k{i:06d}": entry(rnd, i) for i in range(count)}
+    plugin.blob = rnd.randbytes(blob)
+    if hasattr(plugin, "items"):
+        plugin.items = list(range(count))
+
+
+# -- round trips over random change sequences ---------------------------------------------------------
+changes = hs.lists(
+    hs.tuples(
+        hs.sampled_from(["set", "add", "delete", "move", "replace", "overwrite", "insert", "cut", "items", "none"]),
+        hs.integers(0, 2**31),
+    ),
+    min_size=1,
+    max_size=9,
+)
+
+
+def apply_change(plugin: Cache, kind: str, seed: int) -> None:
+    rnd = random.Random(seed)
+    keys = list(plugin.entries)
+    blob = bytearray(plugin.blob)
+    if kind == "set" and keys:
+        for k in rnd.sample(keys, max(1, len(keys) // 100)):
+            plugin.entries[k] = entry(rnd, seed)
+    elif kind == "add":
+        plugin.entries[f"new{seed}"] = entry(rnd, seed)
+    elif kind == "delete" and keys:
+        for k in rnd.sample(keys, min(len(keys), rnd.randint(1, 5))):
+            del plugin.entries[k]
+    elif kind == "move" and keys:  # an LRU touching a few entries: they move to the end
+        for k in rnd.sample(keys, min(len(keys), 3)):
+            plugin.entries[k] = plugin.entries.pop(k)
+    elif kind == "replace":  # a new dict, in another order
+        rnd.shuffle(keys)
+        plugin.entries = {k: plugin.entries[k] for k in keys[: len(keys) - rnd.randint(0, 10)]}
+    elif kind == "overwrite" and blob:
+        start = rnd.randrange(len(blob))
+        blob[start : start + 5000] = rnd.randbytes(5000)[: len(blob) - start]
+    elif kind == "insert":
+        at = rnd.randrange(len(blob) + 1)
+        blob[at:at] = rnd.randbytes(rnd.randint(1, 3000))
+    elif kind == "cut" and blob:
+        at = rnd.randrange(len(blob))
+        del blob[at : at + rnd.randint(1, 3000)]
+    elif kind == "items":
+        plugin.items[rnd.randrange(len(plugin.items) or 1) :] = [seed]
+    plugin.blob = bytes(blob)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(changes=changes, prune_at=hs.integers(0, 9), keep=hs.integers(1, 3))
+def test_every_kept_snapshot_restores_exactly(changes, prune_at, keep):
+    """Random change sequences, with a prune on the way: each kept snapshot gives back exactly what was backed up."""
+
+    async def run() -> None:
+        store = memory_store()
+        plugin = Cache()
+        fill(plugin, random.Random(0), count=300, blob=60_000)
+        backed_up: dict[str, bytes] = {}
+        values: dict[str, tuple[Any, ...]] = {}
+        for step, (kind, seed) in enumerate([("none", 0), *changes]):
+            apply_change(plugin, kind, seed)
+            snapshot = await plugin.export_state(reason=st.StateCreationReason.BACKUP)
+            await store.put(snapshot)
+            backed_up[snapshot.id] = st.dumps(snapshot)
+            values[snapshot.id] = (dict(plugin.entries), plugin.blob, list(plugin.items))
+            if step == prune_at:
+                for removed in (await store.prune(keep_last=keep)).removed:
+                    del backed_up[removed]
+        assert (await store.verify()).ok
+        for snapshot_id, data in backed_up.items():
+            assert st.dumps(await store.get(snapshot_id)) == data
+            fresh = Cache()
+            await st.restore(fresh, store, snapshot_id)
+            assert (fresh.entries, fresh.blob, fresh.items) == values[snapshot_id]
+            assert list(fresh.entries) == list(values[snapshot_id][0])  # the order too
+
+    asyncio.run(run())
+
+
+# -- what is stored ------------------------------------------------------------------------------------
+async def test_a_small_change_stores_little(tmp_path):
+    """1% of the entries changed, and one 5 KB region of a 2 MB bytes section: the store grows by a few percent.
+
+    The region costs about two content-defined chunks (64 KiB on average) beside it.
+    """
+    store = small_chains(st.open_store(f"file://{tmp_path}/s"))
+    rnd = random.Random(1)
+    plugin = Cache()
+    fill(plugin, rnd, count=20_000, blob=2_000_000)
+    await st.backup(plugin, store)
+    full = await stored_bytes(store)
+    apply_change(plugin, "set", 5)
+    apply_change(plugin, "overwrite", 6)
+    info = await st.backup(plugin, store)
+    assert await stored_bytes(store) - full < full * 0.08
+    fresh = Cache()
+    await st.restore(fresh, st.open_store(f"file://{tmp_path}/s"), info.id)  # another store object: no memory
+    assert fresh.entries == plugin.entries and fresh.blob == plugin.blob
+
+
+async def test_another_store_object_continues_the_chain(tmp_path):
+    """A process that did not write the chain (nothing remembered) still stores only the change."""
+    url = f"file://{tmp_path}/s"
+    rnd = random.Random(2)
+    plugin = Cache()
+    fill(plugin, rnd, count=20_000)
+    await st.backup(plugin, small_chains(st.open_store(url)))
+    before = await stored_bytes(st.open_store(url))
+    apply_change(plugin, "set", 1)
+    info = await st.backup(plugin, small_chains(st.open_store(url)))
+    assert await stored_bytes(st.open_store(url)) - before < before * 0.03
+    fresh = Cache()
+    await st.restore(fresh, st.open_store(url), info.id)
+    assert fresh.entries == plugin.entries
+
+
+async def test_chains_are_bounded():
+    """After the maximum number of deltas, or a change larger than the allowed fraction, a backup is full again."""
+    store = memory_store(deltas=2)
+    rnd = random.Random(3)
+    plugin = Cache()
+    fill(plugin, rnd, count=5000, blob=1000)
+    grown = []
+    for step in range(4):
+        before = await stored_bytes(store)
+        await st.backup(plugin, store)
+        grown.append(await stored_bytes(store) - before)
+        apply_change(plugin, "set", step)
+    full = grown[0]
+    assert grown[1] < full * 0.1 and grown[2] < full * 0.1  # two deltas
+    assert grown[3] > full * 0.5  # the third would pass chain_max_deltas: a new base
+    store.chain_max_deltas = 8
+    plugin.entries = {k: entry(rnd, 0) for k in plugin.entries}  # everything changed
+    before = await stored_bytes(store)
+    info = await st.backup(plugin, store)
+    assert await stored_bytes(store) - before > full * 0.5
+    fresh = Cache()
+    await st.restore(fresh, store, info.id)
+    assert fresh.entries == plugin.entries
+
+
+async def test_prune_keeps_the_bases_kept_snapshots_need():
+    store = memory_store(deltas=5)
+    rnd = random.Random(4)
+    plugin = Cache()
+    fill(plugin, rnd, count=3000)
+    ids, values = [], []
+    for step in range(4):
+        ids.append((await st.backup(plugin, store)).id)
+        values.append(dict(plugin.entries))
+        apply_change(plugin, "set", step)
+    report = await store.prune(keep_last=1)
+    assert set(report.removed) == set(ids[:3])
+    assert report.blobs_removed == 0  # the base and the deltas all belong to the kept snapshot's chain
+    assert (await store.verify()).ok
+    fresh = Cache()
+    await st.restore(fresh, store, ids[3])
+    assert fresh.entries == values[3]
+    await store.delete(ids[3])
+    assert await store.list_objects("blobs/") == []
+
+
+async def test_verify_and_get_detect_a_damaged_delta():
+    store = memory_store()
+    rnd = random.Random(5)
+    plugin = Cache()
+    fill(plugin, rnd, count=3000)
+    first = (await st.backup(plugin, store)).id
+    before = {o.key for o in await store.list_objects("blobs/")}
+    apply_change(plugin, "set", 1)
+    second = (await st.backup(plugin, store)).id
+    new = [o for o in await store.list_objects("blobs/") if o.key not in before]
+    delta_key = max(new, key=lambda o: o.size).key  # the delta of the map (the others hold no change)
+    data = bytearray(await store.read_object(delta_key))
+    data[len(data) // 2] ^= 0xFF
+    await store.write_object(delta_key, bytes(data))
+    report = await store.verify()
+    assert not report.ok
+    assert any(second in p and "damaged" in p for p in report.problems)
+    assert not any(first in p for p in report.problems)
+    with pytest.raises(st.ChecksumMismatch):
+        await store.get(second)
+    await store.get(first)  # the snapshot before the delta is intact
+
+
+# -- encryption ----------------------------------------------------------------------------------------
+async def test_encrypted_sections_are_incremental_and_reveal_nothing():
+    store = memory_store()
+    rnd = random.Random(6)
+    plugin = Sealed(keyring=KEYRING)
+    fill(plugin, rnd, count=5000, blob=2_000_000)
+    plugin.entries["needle"] = ["plaintext-needle-0123456789"]
+    await st.backup(plugin, store)
+    full = await stored_bytes(store)
+    plugin.entries["needle"] = ["plaintext-needle-9876543210"]
+    apply_change(plugin, "overwrite", 2)
+    info = await st.backup(plugin, store)
+    assert await stored_bytes(store) - full < full * 0.08
+    for obj in await store.list_objects(""):
+        data = await store.read_object(obj.key)
+        assert b"plaintext-needle" not in data and b"k000001" not in data
+    with pytest.raises(st.MissingKey):
+        await store.get(info.id)  # a rebuilt section must be sealed again: the key is needed
+    fresh = Sealed(keyring=KEYRING)
+    await st.restore(fresh, store, info.id)
+    assert fresh.entries == plugin.entries and fresh.blob == plugin.blob
+
+
+async def test_encrypted_sections_without_the_key_are_kept_whole():
+    store = memory_store()
+    plugin = Sealed(keyring=KEYRING)
+    fill(plugin, random.Random(7), count=2000)
+    snapshot = await plugin.export_state()
+    await store.put(snapshot)  # no keyring given to the store
+    assert st.dumps(await store.get(snapshot.id)) == st.dumps(snapshot)
+
+
+async def test_sections_compressed_otherwise_still_round_trip():
+    """A section the store cannot rebuild exactly (another compression level) is kept whole, never wrong."""
+
+    class Tuned(st.StatefulPlugin):
+        metadata = st.PluginMetadata(id="tuned", version="1.0.0")
+        entries = st.Section(dict[str, list[Any]], compress="zstd", level=9, default=dict)
+
+    store = memory_store()
+    plugin = Tuned()
+    plugin.entries = {f"k{i}": [i, "x" * (i % 50)] for i in range(3000)}
+    ids = []
+    for step in range(3):
+        snapshot = await plugin.export_state()
+        await store.put(snapshot)
+        ids.append((snapshot.id, st.dumps(snapshot)))
+        plugin.entries[f"k{step}"] = [step]
+    for snapshot_id, data in ids:
+        assert st.dumps(await store.get(snapshot_id)) == data
+
+
+async def test_file_dumps_are_unchanged_and_self_contained(tmp_path):
+    store = small_chains(st.open_store(f"file://{tmp_path}/s"))
+    plugin = Cache()
+    fill(plugin, random.Random(8), count=3000)
+    await st.backup(plugin, store)
+    apply_change(plugin, "set", 3)
+    snapshot = await plugin.export_state()
+    await store.put(snapshot)
+    data = st.dumps(await store.get(snapshot.id))
+    assert data == st.dumps(snapshot)
+    fresh = Cache()
+    await fresh.import_state(st.loads(data))
+    assert fresh.entries == plugin.entries

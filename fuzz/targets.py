@@ -145,3 +145,51 @@ def seed_manifests() -> dict[str, bytes]:
         return out
 
     return asyncio.run(build())
+
+
+def check_stored(objects: dict[str, bytes], snapshot_id: str = "fuzz-seed") -> st.StateSnapshot:
+    """What a store does reading a snapshot back from its objects (manifest, blobs, chains of incremental sections)."""
+    from statetransfer.stores.memory import MemoryStore
+
+    async def read() -> st.StateSnapshot:
+        store = MemoryStore()
+        for key, data in objects.items():
+            await store.write_object(key, data)
+        return await store.get(snapshot_id, keyring=KEYRING)
+
+    return asyncio.run(read())
+
+
+def _renamed(snap: st.StateSnapshot, new_id: str) -> st.StateSnapshot:
+    """``snap`` under another id, its sealed sections sealed again for it."""
+    resealed = [
+        sections.reseal_section(sec, from_snapshot=snap.id, to_snapshot=new_id, plugin_id=snap.plugin_id,
+                                keyring=KEYRING)  # fmt: skip
+        for sec in snap.sections.values()
+    ]
+    return _with(msgspec.structs.replace(snap, id=new_id), *resealed)
+
+
+def seed_stores() -> dict[str, dict[str, bytes]]:
+    """Store contents (key -> bytes) holding ``fuzz-seed`` kept incrementally: map, sealed map and bytes chains."""
+
+    async def build() -> dict[str, dict[str, bytes]]:
+        from statetransfer.stores.memory import MemoryStore
+
+        plugin = _plugin(200)
+        plugin.blob = bytes(range(256)) * 400
+        plugin.secrets = {f"secret-{i}": f"value {i}" * 4 for i in range(200)}
+        store = MemoryStore()
+        store.incremental_min_bytes = 1
+        await store.put(_renamed(await plugin.export_state(), "fuzz-base"), keyring=KEYRING)
+        plugin.cache["user:7"] = Entry("changed", 0.5, 1, [])
+        plugin.cache["user:new"] = Entry("added", 1.5, 2, ["x"])
+        del plugin.cache["user:3"]
+        plugin.secrets["secret-5"] = "rotated"
+        plugin.blob = plugin.blob[:5000] + b"inserted" + plugin.blob[5000:]
+        await store.put(_renamed(await plugin.export_state(), "fuzz-seed"), keyring=KEYRING)
+        objects = {o.key: await store.read_object(o.key) for o in await store.list_objects("")}
+        del objects["manifests/fuzz-base"]
+        return {"chains": objects}
+
+    return asyncio.run(build())

@@ -60,7 +60,9 @@ def fill(plugin: Any, rnd: random.Random, count: int = 2000, blob: int = 200_000
 # -- round trips over random change sequences ---------------------------------------------------------
 changes = hs.lists(
     hs.tuples(
-        hs.sampled_from(["set", "add", "delete", "move", "replace", "overwrite", "insert", "cut", "items", "none"]),
+        hs.sampled_from(
+            ["set", "add", "delete", "move", "replace", "overwrite", "insert", "cut", "grow", "shrink", "items", "none"]
+        ),
         hs.integers(0, 2**31),
     ),
     min_size=1,
@@ -95,6 +97,10 @@ def apply_change(plugin: Cache, kind: str, seed: int) -> None:
     elif kind == "cut" and blob:
         at = rnd.randrange(len(blob))
         del blob[at : at + rnd.randint(1, 3000)]
+    elif kind == "grow":  # more new bytes than the section had
+        blob += rnd.randbytes(len(blob) + 20_000)
+    elif kind == "shrink":
+        del blob[rnd.randrange(len(blob) + 1) :]
     elif kind == "items":
         plugin.items[rnd.randrange(len(plugin.items) or 1) :] = [seed]
     plugin.blob = bytes(blob)

@@ -186,12 +186,29 @@ class ChainState:
     """The plaintext a chain rebuilds, as the next put compares against it (in memory only, never stored)."""
 
     kind: str
-    #: maps: the plaintext itself, its key encodings and entry offsets (see :func:`map_layout`).
+    #: The plaintext itself (maps compare entries against it).
     plain: bytes = b""
-    keys: list[bytes] = field(default_factory=list)
+    #: maps: key encodings and entry offsets (see :func:`map_layout`), found when first needed.
+    keys: list[bytes] | None = None
     offsets: list[int] = field(default_factory=list)
     #: bytes: content-defined chunk digest -> (offset, length) in the plaintext.
     chunks: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    _positions: dict[bytes, int] | None = None
+
+    def layout(self) -> bool:
+        """Find the map layout if not known yet; False when the plaintext is not a map."""
+        if self.keys is None:
+            found = map_layout(self.plain)
+            if found is None:
+                return False
+            self.keys, self.offsets = found
+        return True
+
+    def positions(self) -> dict[bytes, int]:
+        """Key encoding -> entry index."""
+        if self._positions is None:
+            self._positions = dict(zip(self.keys or (), itertools.count()))
+        return self._positions
 
 
 def _chunks(plain: bytes) -> list[tuple[bytes, int, int]]:
@@ -205,29 +222,32 @@ def _chunks(plain: bytes) -> list[tuple[bytes, int, int]]:
     return [(hashlib.blake2b(view[o : o + n], digest_size=_DIGEST).digest(), o, n) for o, n in cuts]
 
 
-def kind_of(plain: bytes, codec: str | None) -> tuple[str, tuple[list[bytes], list[int]] | None]:
-    """``("map", layout)`` for a msgpack map, else ``("bytes", None)``."""
-    layout = map_layout(plain) if codec == "msgpack" else None
-    return ("map", layout) if layout is not None else ("bytes", None)
+def kind_of(plain: bytes, codec: str | None) -> str:
+    """``"map"`` for what looks like a msgpack map, else ``"bytes"``."""
+    return "map" if codec == "msgpack" and plain and _map_header_size(plain[0]) is not None else "bytes"
 
 
 def state_of(kind: str, plain: bytes) -> ChainState:
     """The :class:`ChainState` of a rebuilt plaintext."""
-    return diff(kind, plain, map_layout(plain) if kind == "map" else None, None)[0]
+    return diff(kind, plain, None)[0]
 
 
-def diff(
-    kind: str, plain: bytes, layout: tuple[list[bytes], list[int]] | None, prev: ChainState | None
-) -> tuple[ChainState, bytes | None]:
-    """The state of ``plain``, and the body of the delta from ``prev`` to it (None without ``prev``)."""
+def diff(kind: str, plain: bytes, prev: ChainState | None) -> tuple[ChainState, bytes | None]:
+    """The state of ``plain``, and the body of the delta from ``prev`` to it.
+
+    The body is None without ``prev``, or when ``prev`` (or ``plain``) is not
+    the map the chain's kind says: the put then starts a new chain.
+    """
     if kind == "map":
-        if layout is None:
-            raise CorruptSnapshot("a map chain rebuilt to something that is not a map")
-        keys, offsets = layout
-        state = ChainState(kind, plain, keys, offsets)
-        return state, None if prev is None else _map_delta(prev, state)
+        if prev is None or not prev.layout():
+            return ChainState(kind, plain), None
+        walked = _map_delta(prev, plain)
+        if walked is None:
+            return ChainState(kind, plain), None
+        body, keys, offsets = walked
+        return ChainState(kind, plain, keys, offsets), body
     table = _chunks(plain)
-    state = ChainState(kind, chunks={d: (o, n) for d, o, n in table})
+    state = ChainState(kind, plain=b"", chunks={d: (o, n) for d, o, n in table})
     if prev is None:
         return state, None
     ops = _Ops(plain)
@@ -275,52 +295,107 @@ class _Ops:
         return _enc.encode(_Delta(self.ops, b"".join(self.parts)))
 
 
-#: Entries compared at once before looking at single ones: with 1% of entries changed, most blocks are equal.
-_BLOCK = 16
+#: Entries compared at once: blocks grow while equal, and halve to find the entry that differs.
+_BLOCK, _MAX_BLOCK = 16, 1024
+_FIXED = {0xC0: 1, 0xC2: 1, 0xC3: 1, 0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3,
+          0xD2: 5, 0xD3: 9, 0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18}  # fmt: skip
+_SIZED = {0xC4: (1, 2), 0xC5: (2, 3), 0xC6: (4, 5), 0xD9: (1, 2), 0xDA: (2, 3), 0xDB: (4, 5),
+          0xC7: (1, 3), 0xC8: (2, 4), 0xC9: (4, 6)}  # fmt: skip  # (length bytes, bytes before the data)
+_COUNTED = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}  # (count bytes, items per count)
 
 
-def _map_delta(prev: ChainState, new: ChainState) -> bytes:
-    """The delta from the map ``prev`` to ``new``: entries line up by key, equal bytes become copies."""
-    old, cur = prev.plain, new.plain
-    o_off, n_off = prev.offsets, new.offsets
-    keys = new.keys
-    count = len(keys)
-    if keys == prev.keys:
-        runs = [(0, count, 0)]
-    else:  # runs of entries that follow each other in both maps
-        position = dict(zip(prev.keys, range(len(prev.keys)), strict=True))
-        js = list(map(position.get, keys))
-        runs = []
-        i = 0
-        while i < count:
-            j = js[i]
-            if j is None:
-                i += 1
-                continue
-            start = i
-            i += 1
-            while i < count and js[i] == j + (i - start):
-                i += 1
-            runs.append((start, i, j))
+def _skip(buf: bytes, pos: int) -> int:
+    """The end of the msgpack value at ``pos``. Raises IndexError or ValueError when malformed."""
+    pending = 1
+    while pending:
+        pending -= 1
+        b = buf[pos]
+        if b <= 0x7F or b >= 0xE0:
+            pos += 1
+        elif b <= 0x8F:
+            pending += 2 * (b & 0x0F)
+            pos += 1
+        elif b <= 0x9F:
+            pending += b & 0x0F
+            pos += 1
+        elif b <= 0xBF:
+            pos += 1 + (b & 0x1F)
+        elif b in _FIXED:
+            pos += _FIXED[b]
+        elif b in _SIZED:
+            width, skip = _SIZED[b]
+            pos += skip + int.from_bytes(buf[pos + 1 : pos + 1 + width], "big")
+        elif b in _COUNTED:
+            width, per = _COUNTED[b]
+            pending += per * int.from_bytes(buf[pos + 1 : pos + 1 + width], "big")
+            pos += 1 + width
+        else:
+            raise ValueError(f"invalid msgpack byte {b:#x}")
+    if pos > len(buf):
+        raise IndexError("msgpack value runs past the end")
+    return pos
+
+
+def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[int]] | None:
+    """The delta from the map ``prev`` to the map ``cur``, and ``cur``'s layout; None if ``cur`` is not a map.
+
+    Walks the new plaintext along the previous entries, comparing blocks of
+    entries as bytes (doubling while equal, halved down to the first entry
+    that differs). A differing entry is parsed (its key and value): the same
+    key changed, a key after removed ones, or a new or moved entry (literal). Only bytes found equal
+    are copied, so the delta always rebuilds ``cur`` exactly.
+    """
+    assert prev.keys is not None
+    old, o_off, o_keys = prev.plain, prev.offsets, prev.keys
+    n_old, end = len(o_keys), len(cur)
+    head = _map_header_size(cur[0]) if cur else None
+    if head is None:
+        return None
     ops = _Ops(cur)
-    cursor = 0
-    for start, end, j0 in runs:
-        ops.literal(cursor, n_off[start] - cursor)  # the header, and entries with no counterpart
-        for b in range(start, end, _BLOCK):
-            e = min(end, b + _BLOCK)
-            jb, je = j0 + b - start, j0 + e - start
-            if cur[n_off[b] : n_off[e]] == old[o_off[jb] : o_off[je]]:
-                ops.copy(o_off[jb], o_off[je] - o_off[jb])
+    ops.literal(0, head)
+    keys: list[bytes] = []
+    offsets: list[int] = []
+    cursor, j, block = head, 0, _BLOCK
+    try:
+        while j < n_old and cursor < end:
+            e = min(n_old, j + block)
+            length = o_off[e] - o_off[j]
+            if cur[cursor : cursor + length] == old[o_off[j] : o_off[e]]:
+                ops.copy(o_off[j], length)
+                shift = cursor - o_off[j]
+                keys += o_keys[j:e]
+                offsets += [o + shift for o in o_off[j:e]]
+                cursor, j, block = cursor + length, e, min(block * 2, _MAX_BLOCK)
                 continue
-            for k in range(b, e):
-                jk = j0 + k - start
-                if cur[n_off[k] : n_off[k + 1]] == old[o_off[jk] : o_off[jk + 1]]:
-                    ops.copy(o_off[jk], o_off[jk + 1] - o_off[jk])
-                else:
-                    ops.literal(n_off[k], n_off[k + 1] - n_off[k])
-        cursor = n_off[end]
-    ops.literal(cursor, len(cur) - cursor)
-    return ops.body()
+            if e - j > 1:  # narrow down to the first entry that differs
+                block = (e - j) // 2
+                continue
+            block = _BLOCK
+            key_end = _skip(cur, cursor)
+            value_end = _skip(cur, key_end)
+            key = cur[cursor:key_end]
+            if key != o_keys[j]:
+                later = prev.positions().get(key, -1)
+                if later > j:  # entries j .. later-1 were removed
+                    j = later
+                    continue
+            else:
+                j += 1  # the same key, another value
+            ops.literal(cursor, value_end - cursor)  # a changed, new or moved entry
+            keys.append(key)
+            offsets.append(cursor)
+            cursor = value_end
+        while cursor < end:  # entries added at the end
+            key_end = _skip(cur, cursor)
+            value_end = _skip(cur, key_end)
+            ops.literal(cursor, value_end - cursor)
+            keys.append(cur[cursor:key_end])
+            offsets.append(cursor)
+            cursor = value_end
+    except (IndexError, ValueError):
+        return None
+    offsets.append(end)
+    return ops.body(), keys, offsets
 
 
 def apply_chain(kind: str, base: bytes, deltas: Sequence[tuple[int, bytes]], *, section: str) -> bytes:
@@ -349,7 +424,7 @@ def _apply(prev: bytes, delta: _Delta, section: str) -> bytes:
     out: list[memoryview] = []
     used = 0
     for source, length in zip(ops[::2], ops[1::2], strict=True):
-        if length < 0 or source < -1 or source + length > len(view):
+        if length < 0 or source < -1 or (source >= 0 and source + length > len(view)):
             raise CorruptSnapshot(f"section {section!r}: a delta reaches outside the previous plaintext")
         if source == -1:
             out.append(lit[used : used + length])
@@ -419,7 +494,6 @@ class Plan:
     frames: list[int]
     key_id: str | None
     algorithm: str
-    layout: tuple[list[bytes], list[int]] | None
     #: How to open this section's bytes when they become a chain's base.
     base: ChainBase
 
@@ -441,11 +515,11 @@ def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, key
         plain = unpack_section(unsealed, snapshot_id=snapshot_id, plugin_id=plugin_id)
     except (StateTransferError, ValueError):
         return None
-    kind, layout = kind_of(plain, section.metadata.get("codec"))
+    kind = kind_of(plain, section.metadata.get("codec"))
     bound = section.metadata.get(SEALED_IN, snapshot_id)
     base = ChainBase(bound, section.schema_version, section.compressed, enc, section.metadata)
     key_id, algorithm = (None, "") if enc is None else (enc.key_id, enc.algorithm)
-    return Plan(section, kind, plain, frames, key_id, algorithm, layout, base)
+    return Plan(section, kind, plain, frames, key_id, algorithm, base)
 
 
 def is_exact(plan: Plan, *, snapshot_id: str, plugin_id: str, keyring: Keyring | None) -> bool:

@@ -570,7 +570,7 @@ class SnapshotStore(abc.ABC):
                 exact = asyncio.ensure_future(_offload(len(sec.data), is_exact, plan, snapshot_id=snapshot.id,
                                                        plugin_id=snapshot.plugin_id, keyring=keyring))  # fmt: skip
             try:
-                state, body = await _offload(len(plan.plain), diff, plan.kind, plan.plain, plan.layout,
+                state, body = await _offload(len(plan.plain), diff, plan.kind, plan.plain,
                                              None if parent is None else parent[1])  # fmt: skip
             finally:
                 rebuilds = exact is not None and await exact

@@ -18,6 +18,7 @@ import statetransfer as st
 from statetransfer import codecs, crypto, sections
 from statetransfer.sections import unpack_section
 from statetransfer.stores._manifest import parse_manifest, verify_manifest
+from statetransfer.stores.memory import MemoryStore
 
 KEYRING = st.Keyring({"fuzz": b"\x01" * 32, "other": b"\x02" * 32})
 SIGN_KEY = b"fuzz-signing-key-of-32-bytes!!!!"
@@ -149,7 +150,6 @@ def seed_manifests() -> dict[str, bytes]:
 
 def check_stored(objects: dict[str, bytes], snapshot_id: str = "fuzz-seed") -> st.StateSnapshot:
     """What a store does reading a snapshot back from its objects (manifest, blobs, chains of incremental sections)."""
-    from statetransfer.stores.memory import MemoryStore
 
     async def read() -> st.StateSnapshot:
         store = MemoryStore()
@@ -163,8 +163,9 @@ def check_stored(objects: dict[str, bytes], snapshot_id: str = "fuzz-seed") -> s
 def _renamed(snap: st.StateSnapshot, new_id: str) -> st.StateSnapshot:
     """``snap`` under another id, its sealed sections sealed again for it."""
     resealed = [
-        sections.reseal_section(sec, from_snapshot=snap.id, to_snapshot=new_id, plugin_id=snap.plugin_id,
-                                keyring=KEYRING)  # fmt: skip
+        sections.reseal_section(
+            sec, from_snapshot=snap.id, to_snapshot=new_id, plugin_id=snap.plugin_id, keyring=KEYRING
+        )
         for sec in snap.sections.values()
     ]
     return _with(msgspec.structs.replace(snap, id=new_id), *resealed)
@@ -174,8 +175,6 @@ def seed_stores() -> dict[str, dict[str, bytes]]:
     """Store contents (key -> bytes) holding ``fuzz-seed`` kept incrementally: map, sealed map and bytes chains."""
 
     async def build() -> dict[str, dict[str, bytes]]:
-        from statetransfer.stores.memory import MemoryStore
-
         plugin = _plugin(200)
         plugin.blob = bytes(range(256)) * 400
         plugin.secrets = {f"secret-{i}": f"value {i}" * 4 for i in range(200)}

@@ -308,3 +308,94 @@ async def test_file_dumps_are_unchanged_and_self_contained(tmp_path):
     fresh = Cache()
     await fresh.import_state(st.loads(data))
     assert fresh.entries == plugin.entries
+
+
+# -- hostile chains ------------------------------------------------------------------------------------
+def _forge(objects: dict[str, bytes], section: str, index: int, data: bytes) -> dict[str, bytes]:
+    """``objects`` with chain object ``index`` of ``section`` replaced by ``data``, digests made to match."""
+    import msgspec
+
+    from statetransfer.checksum import section_digest
+    from statetransfer.stores._chain import ChainObject
+    from statetransfer.stores._manifest import manifest_bytes, parse_chained
+
+    header, chains = parse_chained(objects["manifests/fuzz-seed"], "fuzz-seed")
+    ref = chains[section]
+    digest = section_digest(data)
+    chain = list(ref.objects)
+    chain[index] = ChainObject(digest, len(data))
+    chains[section] = msgspec.structs.replace(ref, objects=chain)
+    out = dict(objects)
+    out[f"blobs/{digest.hex()[:2]}/{digest.hex()}"] = data
+    out["manifests/fuzz-seed"] = manifest_bytes(header, chains)
+    return out
+
+
+def _seed_store() -> dict[str, bytes]:
+    from fuzz.targets import seed_stores
+
+    return seed_stores()["chains"]
+
+
+SEED_STORE = _seed_store()
+
+
+def test_seed_store_reads_back():
+    from fuzz.targets import check_stored
+
+    assert check_stored(SEED_STORE).id == "fuzz-seed"
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(section=hs.sampled_from(["cache", "secrets", "blob"]), data=hs.data())
+def test_hostile_deltas_are_refused(section, data):
+    """A delta object damaged and given a matching digest is refused (StateTransferError), never restored wrong."""
+    from fuzz.targets import check_stored
+
+    from statetransfer.stores._manifest import parse_chained
+
+    _, chains = parse_chained(SEED_STORE["manifests/fuzz-seed"], "fuzz-seed")
+    index = data.draw(hs.integers(0, len(chains[section].objects) - 1))
+    digest = chains[section].objects[index].digest.hex()
+    raw = bytearray(SEED_STORE[f"blobs/{digest[:2]}/{digest}"])
+    for _ in range(data.draw(hs.integers(1, 3))):
+        pos = data.draw(hs.integers(0, len(raw) - 1))
+        op = data.draw(hs.sampled_from(["flip", "insert", "delete"]))
+        if op == "flip":
+            raw[pos] ^= data.draw(hs.integers(1, 255))
+        elif op == "insert":
+            raw[pos:pos] = data.draw(hs.binary(min_size=1, max_size=8))
+        else:
+            del raw[pos]
+    forged = _forge(SEED_STORE, section, index, bytes(raw))
+    try:
+        snapshot = check_stored(forged)
+    except st.StateTransferError:
+        return
+    assert st.dumps(snapshot) == st.dumps(check_stored(SEED_STORE))  # accepted only if it rebuilt exactly
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=hs.data())
+def test_hostile_chain_references(data):
+    """A manifest's chains with a field set to a hostile value (digest recomputed) are refused or rebuild exactly."""
+    import hashlib
+    import struct
+
+    import msgspec
+    from fuzz.mutate import HOSTILE_VALUES, spots
+    from fuzz.targets import check_stored
+
+    raw = SEED_STORE["manifests/fuzz-seed"]
+    body = raw[38:]
+    (length,) = struct.unpack_from(">I", body)
+    chains = msgspec.msgpack.decode(body[4 + length :])
+    parent, key = data.draw(hs.sampled_from(spots(chains)))
+    parent[key] = data.draw(hs.sampled_from(HOSTILE_VALUES))
+    body = body[: 4 + length] + msgspec.msgpack.encode(chains)
+    forged = dict(SEED_STORE, **{"manifests/fuzz-seed": raw[:6] + hashlib.sha256(body).digest() + body})
+    try:
+        snapshot = check_stored(forged)
+    except st.StateTransferError:
+        return
+    assert st.dumps(snapshot) == st.dumps(check_stored(SEED_STORE))

@@ -101,6 +101,7 @@ class _Delta(msgspec.Struct, array_like=True):
 
 
 _delta = msgspec.msgpack.Decoder(_Delta)
+_envelope = msgspec.msgpack.Decoder(tuple[str, str, bytes] | None)
 
 
 # -- objects -----------------------------------------------------------------------------------------
@@ -137,13 +138,11 @@ def open_object(data: bytes, *, plugin_id: str, section: str, keyring: Keyring |
         raise CorruptSnapshot(f"chain object of section {section!r} has a wrong prefix")
     start = _PREFIX.size + env_len
     try:
-        envelope = msgspec.msgpack.decode(data[_PREFIX.size : start])
-    except msgspec.DecodeError as exc:
+        envelope = _envelope.decode(data[_PREFIX.size : start])
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError, UnicodeDecodeError) as exc:
         raise CorruptSnapshot(f"chain object of section {section!r}: bad envelope ({exc})") from None
     payload: bytes | memoryview = memoryview(data)[start:]
     if envelope is not None:
-        if not (isinstance(envelope, list) and len(envelope) == 3):
-            raise CorruptSnapshot(f"chain object of section {section!r}: bad envelope")
         algorithm, key_id, nonce = envelope
         if keyring is None or key_id not in keyring:
             raise MissingKey(f"section {section!r} is stored incrementally, sealed with key {key_id!r}", key_id=key_id)

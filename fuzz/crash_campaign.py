@@ -1,6 +1,12 @@
 """Crash campaign: SIGKILL a writer at random moments during put, prune and delete; then check the store.
 
-Run: ``python fuzz/crash_campaign.py [--kills 200] [--backends file,sqlite] [--ops put,prune,delete]``.
+Run: ``python fuzz/crash_campaign.py [--kills 200] [--backends file,sqlite] [--ops put,prune,delete]
+[--incremental]``.
+
+With ``--incremental`` every section is kept incrementally (a chain of
+deltas against the previous snapshot's), and each snapshot's own section is
+the previous one with a 1 KiB region rewritten, so chains grow, share
+objects and are pruned while the worker is killed.
 
 For every local backend and operation, a worker process is killed ``--kills``
 times at a random delay. The parent keeps the model of what was acknowledged
@@ -32,15 +38,26 @@ import statetransfer as st
 from statetransfer.testing import make_snapshot
 
 SHARED = bytes(range(256)) * 1024  # 256 KiB shared by every snapshot (dedup)
+DRIFTING = random.Random(5).randbytes(256 << 10)
 
 
-async def worker(url: str, op: str, tag: str) -> None:
+def own_section(incremental: bool) -> bytes:
+    if not incremental:
+        return os.urandom(32 << 10)
+    at = random.randrange(len(DRIFTING) - 1024)
+    return DRIFTING[:at] + os.urandom(1024) + DRIFTING[at + 1024 :]
+
+
+async def worker(url: str, op: str, tag: str, incremental: str = "") -> None:
     store = st.open_store(url)
+    if incremental:
+        store.incremental_min_bytes = 1
     n = 0
     while True:
         if op == "put" or (op == "prune" and n % 3 != 2):
             snap_id = f"{tag}-{n}"
-            await store.put(make_snapshot(snap_id, "crash", sections={"shared": SHARED, "own": os.urandom(32 << 10)}))
+            own = own_section(bool(incremental))
+            await store.put(make_snapshot(snap_id, "crash", sections={"shared": SHARED, "own": own}))
             print(f"put {snap_id}", flush=True)
         elif op == "prune":
             doomed = (await store.prune(keep_last=3, dry_run=True)).removed
@@ -128,13 +145,16 @@ async def check(url: str, model: Model) -> dict[str, object]:
     }
 
 
-def run_campaign(backend: str, op: str, kills: int, rng: random.Random, tmp: Path) -> dict[str, object]:
+def run_campaign(
+    backend: str, op: str, kills: int, rng: random.Random, tmp: Path, *, incremental: bool = False
+) -> dict[str, object]:
     url = f"file://{tmp}/{backend}-{op}" if backend == "file" else f"sqlite://{tmp}/{backend}-{op}.db"
     model = Model()
     killed = 0
     started = time.perf_counter()
     for round_no in range(kills):
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", url, op, f"r{round_no}"],
+        extra = ["incremental"] if incremental else []
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", url, op, f"r{round_no}", *extra],
                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
         time.sleep(rng.uniform(0.2, 0.6))
         proc.send_signal(signal.SIGKILL)
@@ -148,7 +168,7 @@ def run_campaign(backend: str, op: str, kills: int, rng: random.Random, tmp: Pat
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        asyncio.run(worker(*sys.argv[2:5]))
+        asyncio.run(worker(*sys.argv[2:6]))
         return 0
     parser = argparse.ArgumentParser()
     parser.add_argument("--kills", type=int, default=200)
@@ -156,13 +176,14 @@ def main() -> int:
     parser.add_argument("--ops", default="put,prune,delete")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--incremental", action="store_true", help="keep sections as chains of deltas")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends.split(","):
             for op in args.ops.split(","):
-                r = run_campaign(backend, op, args.kills, rng, Path(tmp))
+                r = run_campaign(backend, op, args.kills, rng, Path(tmp), incremental=args.incremental)
                 results.append(r)
                 ok = r["verify_ok"] and not r["unreadable"] and not r["resurrected"] and not r["damaged_in_flight"]
                 print(f"{backend:6} {op:6} kills {r['kills']:3}  acknowledged live {r['live_acknowledged']:4}  "

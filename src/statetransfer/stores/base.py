@@ -567,8 +567,7 @@ class SnapshotStore(abc.ABC):
                 parent = None
             exact = None  # checked beside the diff (compression runs while the diff holds the GIL)
             if parent is not None:
-                exact = asyncio.ensure_future(_offload(len(sec.data), is_exact, plan, snapshot_id=snapshot.id,
-                                                       plugin_id=snapshot.plugin_id, keyring=keyring))  # fmt: skip
+                exact = asyncio.ensure_future(_offload(len(sec.data), is_exact, plan))
             try:
                 state, body = await _offload(len(plan.plain), diff, plan.kind, plan.plain,
                                              None if parent is None else parent[1])  # fmt: skip

@@ -76,3 +76,18 @@ def simple_snapshot(**sections: bytes) -> st.StateSnapshot:
         metadata=st.StateMetadata(),
     )
     return seal(snap)
+
+
+def damage(data, raw: bytes, most: int = 4) -> bytes:
+    """``raw`` with 1 to ``most`` bytes flipped, inserted or deleted, drawn from hypothesis ``data``."""
+    mutated = bytearray(raw)
+    for _ in range(data.draw(hs.integers(1, most))):
+        pos = data.draw(hs.integers(0, len(mutated) - 1))
+        op = data.draw(hs.sampled_from(["flip", "insert", "delete"]))
+        if op == "flip":
+            mutated[pos] ^= data.draw(hs.integers(1, 255))
+        elif op == "insert":
+            mutated[pos:pos] = data.draw(hs.binary(min_size=1, max_size=8))
+        else:
+            del mutated[pos]
+    return bytes(mutated)

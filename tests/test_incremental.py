@@ -14,6 +14,8 @@ from hypothesis import strategies as hs
 import statetransfer as st
 from statetransfer.stores.base import SnapshotStore
 
+from .conftest import damage
+
 KEYRING = st.Keyring.generate()
 _names = itertools.count()
 
@@ -357,17 +359,8 @@ def test_hostile_deltas_are_refused(section, data):
     _, chains = parse_chained(SEED_STORE["manifests/fuzz-seed"], "fuzz-seed")
     index = data.draw(hs.integers(0, len(chains[section].objects) - 1))
     digest = chains[section].objects[index].digest.hex()
-    raw = bytearray(SEED_STORE[f"blobs/{digest[:2]}/{digest}"])
-    for _ in range(data.draw(hs.integers(1, 3))):
-        pos = data.draw(hs.integers(0, len(raw) - 1))
-        op = data.draw(hs.sampled_from(["flip", "insert", "delete"]))
-        if op == "flip":
-            raw[pos] ^= data.draw(hs.integers(1, 255))
-        elif op == "insert":
-            raw[pos:pos] = data.draw(hs.binary(min_size=1, max_size=8))
-        else:
-            del raw[pos]
-    forged = _forge(SEED_STORE, section, index, bytes(raw))
+    raw = damage(data, SEED_STORE[f"blobs/{digest[:2]}/{digest}"], most=3)
+    forged = _forge(SEED_STORE, section, index, raw)
     try:
         snapshot = check_stored(forged)
     except st.StateTransferError:

@@ -338,7 +338,7 @@ def _report_unreadable(entries: Sequence[UnreadableEntry]) -> None:
 
 async def _get(store: SnapshotStore, ref: str, verify_key: bytes | None = None) -> StateSnapshot:
     """The snapshot ``ref`` names: an id, or a prefix of exactly one id."""
-    return await store.get(await store.resolve(ref), verify_key=verify_key)
+    return await store.get(await store.resolve(ref), verify_key=verify_key, keyring=_keyring())
 
 
 def _fetch(url: str, ref: str, verify_key: bytes | None = None) -> StateSnapshot:
@@ -623,7 +623,8 @@ def push(file: str, store_url: str, as_json: bool) -> None:
     _check_store_url(store_url)  # before the file is read
     snap = _read_snapshot(file)
     with _progress(f"pushing {snap.id}"):
-        info = _with_store(store_url, lambda s: s.put(snap), create=True)
+        keyring = _keyring()  # encrypted sections are kept incrementally only with their key
+        info = _with_store(store_url, lambda s: s.put(snap, keyring=keyring), create=True)
     if as_json:
         _emit_json(info)
     else:

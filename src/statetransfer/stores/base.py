@@ -378,7 +378,10 @@ class SnapshotStore(abc.ABC):
         return info_from_header(self._parse(manifest, snapshot_id), len(manifest))
 
     async def section_digests(self, snapshot_id: str) -> dict[str, str]:
-        """Section name → hex digest of the blob holding it (what dedup and verification key on)."""
+        """Section name → hex section digest: the blob holding it, what dedup and verification key on.
+
+        An incremental section has no blob of its own (its chain's objects are listed in the manifest).
+        """
         header = await self._header(snapshot_id)
         return {sh.name: sh.digest.hex() for sh in header.sections}
 

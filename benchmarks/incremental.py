@@ -66,14 +66,26 @@ async def timed(coro: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-async def map_case(tmp: Path, mb: int, sealed: bool, rounds: int) -> dict[str, Any]:
+async def stored(url: str) -> int:
+    store = st.open_store(url)
+    total = 0
+    for prefix in ("blobs/", "manifests/"):
+        total += sum(o.size for o in await store.list_objects(prefix))
+    return total
+
+
+async def map_case(tmp: Path, mb: int, sealed: bool, rounds: int, s3: str | None = None) -> dict[str, Any]:
     rnd = random.Random(7)
     cls = SealedMapPlugin if sealed else MapPlugin
     plugin = cls(keyring=KEYRING)
     plugin.cache = make_map(mb, rnd)
     tag = "sealed" if sealed else "plain"
-    inc = st.open_store(f"file://{tmp}/inc-{tag}")
-    full = st.open_store(f"file://{tmp}/full-{tag}")
+    urls = {
+        kind: f"s3://snapshots/{kind}-{tag}?endpoint={s3}&region=us-east-1" if s3 else f"file://{tmp}/{kind}-{tag}"
+        for kind in ("inc", "full")
+    }
+    inc = st.open_store(urls["inc"])
+    full = st.open_store(urls["full"])
     full.incremental = False
     await st.backup(plugin, inc)  # the base
     await st.backup(plugin, full)
@@ -83,7 +95,7 @@ async def map_case(tmp: Path, mb: int, sealed: bool, rounds: int) -> dict[str, A
     for step in range(rounds):
         for k in rnd.sample(keys, len(keys) // 100):
             plugin.cache[k] = entry(rnd, step)
-        before_inc, before_full = du(tmp / f"inc-{tag}"), du(tmp / f"full-{tag}")
+        before_inc, before_full = await stored(urls["inc"]), await stored(urls["full"])
         order = [(inc, inc_times), (full, full_times)]
         for store, times in order if step % 2 else reversed(order):
             info, seconds = await timed(st.backup(plugin, store))
@@ -92,18 +104,18 @@ async def map_case(tmp: Path, mb: int, sealed: bool, rounds: int) -> dict[str, A
                 last_inc = info.id
             else:
                 last_full = info.id
-        inc_bytes.append(du(tmp / f"inc-{tag}") - before_inc)
-        full_bytes.append(du(tmp / f"full-{tag}") - before_full)
+        inc_bytes.append(await stored(urls["inc"]) - before_inc)
+        full_bytes.append(await stored(urls["full"]) - before_full)
     restore_inc, restore_full = [], []
     for _ in range(3):
         for store, sid, out in ((inc, last_inc, restore_inc), (full, last_full, restore_full)):
             fresh = cls(keyring=KEYRING)
-            reader = st.open_store(f"file://{tmp}/{'inc' if store is inc else 'full'}-{tag}")
+            reader = st.open_store(urls["inc" if store is inc else "full"])
             _, seconds = await timed(st.restore(fresh, reader, sid))
             assert fresh.cache == plugin.cache
             out.append(seconds)
     return {
-        "case": f"map {mb} MB, 1% of keys changed" + (", encrypted" if sealed else ""),
+        "case": f"map {mb} MB, 1% of keys changed" + (", encrypted" if sealed else "") + (", s3" if s3 else ""),
         "entries": len(keys),
         "full_stored_bytes": statistics.median(full_bytes),
         "incremental_stored_bytes": statistics.median(inc_bytes),
@@ -143,6 +155,30 @@ async def bytes_case(tmp: Path, mb: int) -> dict[str, Any]:
     }
 
 
+def start_moto() -> tuple[str, Any]:
+    """A moto S3 server on a free loopback port with bucket ``snapshots``: (endpoint, stop)."""
+    import logging
+    import socket
+    import urllib.request
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):  # fmt: skip
+        os.environ.setdefault(name, value)
+    endpoint = f"http://127.0.0.1:{port}"
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/snapshots", method="PUT"), timeout=10).close()
+    return endpoint, server.stop
+
+
 def show(results: list[dict[str, Any]]) -> None:
     for r in results:
         print(f"\n{r['case']}")
@@ -158,6 +194,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="1%% changes per case (default: a full chain)")
     parser.add_argument("--quick", action="store_true", help="8 MB map, 16 MB bytes, 3 rounds")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--s3", action="store_true", help="also the map case on s3:// (a local moto server)")
     args = parser.parse_args()
     if args.quick:
         args.map_mb, args.bytes_mb, args.rounds = 8, 16, args.rounds or 3
@@ -169,6 +206,13 @@ async def main() -> None:
             show(results[-1:])
         results.append(await bytes_case(Path(tmp), args.bytes_mb))
         show(results[-1:])
+        if args.s3:
+            endpoint, stop = start_moto()
+            try:
+                results.append(await map_case(Path(tmp), args.map_mb, False, rounds, endpoint))
+                show(results[-1:])
+            finally:
+                stop()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -32,3 +32,16 @@ def test_quick_benchmark_emits_json(tmp_path):
     assert all(isinstance(v, float) and v > 0 for v in doc["ratios"].values())
     assert doc["reload_1mb"]["p50"] > 0 and doc["stall_ms"] > 0
     assert "export+dumps vs pickle.dumps" in proc.stdout
+
+
+def test_incremental_benchmark_runs(tmp_path):
+    """benchmarks/incremental.py at tiny sizes: every case restores exactly and reports its stored bytes."""
+    out = tmp_path / "incremental.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = ["--map-mb", "2", "--bytes-mb", "3", "--rounds", "2", "--json", str(out)]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "incremental.py"), *args], capture_output=True,
+                          text=True, timeout=300, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    cases = json.loads(out.read_text())
+    assert [c["case"].split(",")[0] for c in cases] == ["map 2 MB", "map 2 MB", "bytes 3 MB"]
+    assert all(0 < c["incremental_stored_bytes"] < c["full_stored_bytes"] for c in cases)

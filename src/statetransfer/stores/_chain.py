@@ -1,16 +1,16 @@
-"""Incremental sections in stores: a base object and a chain of deltas that rebuild a section exactly.
+"""Incremental sections in stores: a base and a chain of deltas that rebuild a section's bytes exactly.
 
-A large section is stored as its *plaintext* (decrypted, decompressed
-encoding), not as its stored bytes: a full copy (the base) and, for each
-later backup of the same plugin and section, a delta against the previous
-one. Maps (msgpack dicts) get entry deltas (entries set and removed);
-everything else gets content-defined chunk deltas (FastCDC: copies from the
-previous plaintext and literal bytes). A get rebuilds the plaintext, then
-compresses it frame by frame and seals it with the nonce the manifest
-records, which gives back the exported bytes exactly: the section digest,
-the snapshot checksum and any signature are checked against the original
-header. A put uses a chain only after checking that this rebuild reproduces
-the section's bytes. The object format is specified in ``docs/format.md``.
+A chain starts from the stored bytes of a section (its base, the blob a
+whole section would be). Each later backup of the same plugin and section
+adds a delta against the previous *plaintext* (the section opened and
+decompressed): copies of byte ranges of the previous plaintext, and literal
+bytes. For maps (msgpack dicts) the ranges are found by lining entries up
+by key; for anything else by content-defined chunking (FastCDC). A get
+rebuilds the plaintext, compresses it frame by frame and seals it with the
+nonce the manifest records, which gives back the exported bytes exactly: the
+section digest, the snapshot checksum and any signature are checked against
+the original header. A put writes a delta only after checking that this
+rebuild reproduces the section's bytes. The format is in ``docs/format.md``.
 """
 
 from __future__ import annotations
@@ -419,6 +419,8 @@ def _apply(prev: bytes, delta: _Delta, section: str) -> bytes:
     ops = delta.ops
     if len(ops) % 2:
         raise CorruptSnapshot(f"section {section!r}: a delta has an odd operation list")
+    if sum(ops[1::2]) > SECTION_MAX_SIZE:
+        raise CorruptSnapshot(f"section {section!r}: a delta builds more than {SECTION_MAX_SIZE} bytes")
     view, lit = memoryview(prev), memoryview(delta.literal)
     out: list[memoryview] = []
     used = 0

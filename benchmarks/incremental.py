@@ -135,7 +135,7 @@ async def bytes_case(tmp: Path, mb: int, backups: int = 2) -> dict[str, Any]:
     """``backups`` backups of a ``mb`` MB bytes section, one 1 MB region rewritten between them."""
     rnd = random.Random(11)
     plugin = BytesPlugin()
-    plugin.blob = rnd.randbytes(mb << 20)
+    plugin.blob = b"".join(rnd.randbytes(1 << 20) for _ in range(mb))
     store = st.open_store(f"file://{tmp}/bytes")
     await st.backup(plugin, store)
     base = du(tmp / "bytes")

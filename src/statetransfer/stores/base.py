@@ -631,7 +631,7 @@ class SnapshotStore(abc.ABC):
             return None
         _, snapshot_id, ref = max(candidates, key=lambda c: c[0])
         try:
-            plain = await self._chain_plain(ref, plugin_id, name, keyring)
+            plain = bytes(await self._chain_plain(ref, plugin_id, name, keyring))
             state = await _offload(len(plain), state_of, ref.kind, plain)
         except (StateTransferError, KeyError):
             return None  # damaged or gone: this put starts a new chain
@@ -662,7 +662,9 @@ class SnapshotStore(abc.ABC):
             raise ChecksumMismatch(f"chain object {obj.digest.hex()[:16]} of section {name!r} is damaged")
         return data
 
-    async def _chain_plain(self, ref: ChainRef, plugin_id: str, name: str, keyring: Keyring | None) -> bytes:
+    async def _chain_plain(
+        self, ref: ChainRef, plugin_id: str, name: str, keyring: Keyring | None
+    ) -> bytes | memoryview:
         """The plaintext a chain rebuilds, every object checked against its digest.
 
         Raises:

@@ -218,7 +218,10 @@ def unpack_section(
         if sum(declared) > limit:
             msg = f"section {name!r}: {algorithm} frames declare {sum(declared)} bytes, above the limit of {limit}"
             raise DecompressionLimitExceeded(msg)
-        parts = [decompress(f, algorithm, max_size=size) for f, size in zip(frames, declared, strict=True)]
+        if len(frames) > 1:  # frames are independent: decompress them on every core (the codecs release the GIL)
+            parts = list(pool().map(lambda f, size: decompress(f, algorithm, max_size=size), frames, declared))
+        else:
+            parts = [decompress(frames[0], algorithm, max_size=declared[0])]
         out = parts[0] if len(parts) == 1 else b"".join(parts)
     if recorded is not None and len(out) != int(recorded):
         raise CorruptSnapshot(f"section {section.name!r}: {len(out)} bytes after decompression, recorded {recorded}")

@@ -102,7 +102,7 @@ def _reseal(snap: st.StateSnapshot, name: str, algorithm: str) -> st.StateSnapsh
 def _with(snap: st.StateSnapshot, *sections: st.StateSection, drop: tuple[str, ...] = ()) -> st.StateSnapshot:
     merged = {n: s for n, s in snap.sections.items() if n not in drop} | {s.name: s for s in sections}
     out = msgspec.structs.replace(snap, sections=merged)
-    return msgspec.structs.replace(out, checksum=st.calculate_checksum(out))
+    return st.seal(out)
 
 
 def seed_snapshots() -> dict[str, tuple[bytes, bool]]:

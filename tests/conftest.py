@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 from hypothesis import strategies as hs
 
 import statetransfer as st
@@ -62,7 +61,7 @@ def snapshots(draw) -> st.StateSnapshot:
 
 def seal(snapshot: st.StateSnapshot) -> st.StateSnapshot:
     """A copy of ``snapshot`` with its checksum recomputed."""
-    return msgspec.structs.replace(snapshot, checksum=st.calculate_checksum(snapshot))
+    return st.seal(snapshot)
 
 
 def simple_snapshot(**sections: bytes) -> st.StateSnapshot:

@@ -56,7 +56,7 @@ async def test_handwritten_round_trip():
 
 def _with(snapshot, section):
     snap = msgspec.structs.replace(snapshot, sections={**snapshot.sections, section.name: section})
-    return msgspec.structs.replace(snap, checksum=st.calculate_checksum(snap))
+    return st.seal(snap)
 
 
 async def test_handwritten_reference_rules():

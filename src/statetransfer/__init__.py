@@ -3,7 +3,7 @@
 from importlib.metadata import version as _version
 
 from .backup import backup, restore
-from .checksum import calculate_checksum, sign
+from .checksum import calculate_checksum, seal, sign
 from .compression import compress, decompress
 from .container import dump, dumps, load, loads
 from .crypto import Keyring, reencrypt
@@ -115,6 +115,7 @@ __all__ = [
     "open_store",
     "reencrypt",
     "restore",
+    "seal",
     "sign",
     "transfer_state",
 ]

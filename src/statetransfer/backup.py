@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from .checksum import seal
 from .errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StoreWarning
 from .host import _export
 from .model import StateCreationReason, StateImportResult, StateSnapshot
@@ -63,6 +64,8 @@ async def restore(
         _check_expiry(snapshot, allow_expired)
     else:
         snapshot = await _newest(plugin.metadata.id, store, allow_older=allow_older, allow_expired=allow_expired)
+    if allow_expired and snapshot.metadata.expires_at is not None:  # lift the expiry on the copy imported
+        snapshot = seal(snapshot, metadata=msgspec.structs.replace(snapshot.metadata, expires_at=None))
     result = await plugin.import_state(snapshot, **import_options)
     return msgspec.structs.replace(result, snapshot_id=snapshot.id)
 

@@ -1,4 +1,4 @@
-"""The data model of a state snapshot and of import/validation results (CONTRACT §1)."""
+"""The data model of a state snapshot and of import/validation results."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from .crypto import Keyring
 from .errors import (
     EncodingError,
     ImportFailed,
+    InvalidArgument,
     MigrationError,
     StateTransferError,
     ValidationFailed,
@@ -42,6 +43,8 @@ from .validation import validate_snapshot
 __all__ = ["Section", "StatefulPlugin"]
 
 T = TypeVar("T")
+#: Attribute names a section may not take: the base class uses them.
+_RESERVED = frozenset({"keyring", "metadata", "sections", "schema_version", "state_lock", "verify_exports"})
 F = TypeVar("F", bound=Callable[[Any], Any])
 #: Sections at least this large are packed/unpacked in a worker thread.
 _THREAD_ABOVE = 1 << 20
@@ -68,6 +71,32 @@ class Section(Generic[T]):
         default: a factory for the value when ``__init__`` does not set one.
     """
 
+    @overload
+    def __init__(
+        self: Section[T],
+        type: type[T],
+        *,
+        version: int = 1,
+        codec: str = "msgpack",
+        compress: bool | str = False,
+        level: int | None = None,
+        encrypt: bool = False,
+        validate: Callable[[Any], Iterable[str] | None] | None = None,
+        default: Callable[[], T] | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Section[Any],
+        type: Any,
+        *,
+        version: int = 1,
+        codec: str = "msgpack",
+        compress: bool | str = False,
+        level: int | None = None,
+        encrypt: bool = False,
+        validate: Callable[[Any], Iterable[str] | None] | None = None,
+        default: Callable[[], Any] | None = None,
+    ) -> None: ...
     def __init__(
         self,
         type: Any,
@@ -78,16 +107,16 @@ class Section(Generic[T]):
         level: int | None = None,
         encrypt: bool = False,
         validate: Callable[[Any], Iterable[str] | None] | None = None,
-        default: Callable[[], T] | None = None,
+        default: Callable[[], Any] | None = None,
     ) -> None:
         if codec not in codecs.CODECS:
-            raise StateTransferError(f"unknown codec {codec!r}; expected one of {codecs.CODECS}")
+            raise InvalidArgument(f"unknown codec {codec!r}; expected one of {codecs.CODECS}")
         if not isinstance(version, int) or version < 0:
-            raise StateTransferError(f"section version must be a non-negative int, got {version!r}")
+            raise InvalidArgument(f"section version must be a non-negative int, got {version!r}")
         if compress is True:
             compress = "zstd"
         if compress not in (False, "zstd", "lz4", "none"):
-            raise StateTransferError(f"compress must be a bool, 'zstd' or 'lz4', got {compress!r}")
+            raise InvalidArgument(f"compress must be a bool, 'zstd' or 'lz4', got {compress!r}")
         self.type = type
         self.version = version
         self.codec = codec
@@ -95,7 +124,7 @@ class Section(Generic[T]):
         self.level = level
         self.encrypt = encrypt
         self.validator = validate
-        self.default = default
+        self.default: Callable[[], T] | None = default
         self.name = ""
         self.steps: list[MigrationStep] = []
 
@@ -166,6 +195,11 @@ class StatefulPlugin(StateTransferable):
             for name, value in vars(klass).items():
                 if isinstance(value, Section):
                     found[name] = value
+        reserved = sorted(n for n in found if n in _RESERVED or n.startswith("_") or hasattr(StatefulPlugin, n))
+        if reserved:
+            msg = (f"{cls.__qualname__}: section names {reserved} collide with StatefulPlugin's own attributes "
+                   "(or are private); rename them")  # fmt: skip
+            raise InvalidArgument(msg)
         cls.sections = found
         if "schema_version" not in vars(cls) or not cls.schema_version:
             cls.schema_version = max((s.version for s in found.values()), default=1)

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from . import codecs
-from .checksum import calculate_checksum, sign
+from .checksum import seal, sign
 from .container import dumps, loads
 from .crypto import Keyring
 from .errors import (
@@ -65,7 +65,7 @@ def make_snapshot(
         StateMetadata(reason=reason, tags=list(tags or []), expires_at=expires_at),
         "", ts * 1_000_000_000 if created_ns is None else created_ns,
     )  # fmt: skip
-    return msgspec.structs.replace(snap, checksum=calculate_checksum(snap))
+    return seal(snap)
 
 
 @dataclass
@@ -89,7 +89,7 @@ def _values(snapshot: StateSnapshot, keyring: Any) -> dict[str, Any]:
 
 def _with_section(snapshot: StateSnapshot, section: StateSection) -> StateSnapshot:
     snap = msgspec.structs.replace(snapshot, sections={**snapshot.sections, section.name: section})
-    return msgspec.structs.replace(snap, checksum=calculate_checksum(snap))
+    return seal(snap)
 
 
 async def acheck_plugin(

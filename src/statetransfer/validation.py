@@ -1,4 +1,4 @@
-"""Snapshot-level validation rules (CONTRACT §5) and the compatibility score.
+"""Snapshot-level validation rules and the compatibility score.
 
 The compatibility score is a product of factors, each in [0, 1], so a new
 problem can only lower it (never raise it):

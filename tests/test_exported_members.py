@@ -38,3 +38,34 @@ def test_error_tree():
     assert issubclass(st.MissingDependency, ImportError)
     assert issubclass(st.WriteFailed, OSError)
     assert issubclass(st.ChecksumMismatch, st.CorruptSnapshot)
+
+
+def test_errors_carry_data():
+    """Errors name what they concern in attributes, not only in their message."""
+    import asyncio
+
+    import pytest
+
+    class P(st.StatefulPlugin):
+        metadata = st.PluginMetadata(id="p", version="1.0.0")
+        secret = st.Section(dict[str, str], encrypt=True, default=dict)
+        count = st.Section(int, default=int)
+
+    source = P(keyring=st.Keyring.generate("k1"))
+    snapshot = asyncio.run(source.export_state())
+    with pytest.raises(st.ValidationFailed) as refused:
+        asyncio.run(P(keyring=st.Keyring.generate("other")).import_state(snapshot))
+    assert refused.value.snapshot_id == snapshot.id
+    with pytest.raises(st.ImportFailed) as failed:
+        asyncio.run(P(keyring=st.Keyring({"k1": b"\x01" * 32})).import_state(snapshot))
+    assert failed.value.snapshot_id == snapshot.id and [f.name for f in failed.value.failed_sections] == ["secret"]
+    with pytest.raises(st.DecryptionFailed) as sealed:
+        from statetransfer.sections import unpack_section
+
+        unpack_section(snapshot.sections["secret"], snapshot_id=snapshot.id, plugin_id="p",
+                       keyring=st.Keyring({"k1": b"\x01" * 32}))  # fmt: skip
+    assert (sealed.value.section, sealed.value.key_id, sealed.value.snapshot_id) == ("secret", "k1", snapshot.id)
+    source.count = "many"  # type: ignore[assignment]
+    with pytest.raises(st.EncodingError) as encoding:
+        asyncio.run(source.export_state())
+    assert encoding.value.path == "count" and isinstance(encoding.value, ValueError)

@@ -267,7 +267,11 @@ def encrypt_data(
     """
     key_id = key_id or keyring.default_key_id
     if key_id is None:
-        raise MissingKey(f"section {binding.section!r} asks for encryption but the keyring is empty", key_id="")
+        raise MissingKey(
+            f"section {binding.section!r} asks for encryption but the keyring is empty",
+            key_id="",
+            section=binding.section,
+        )
     if algorithm not in _CIPHERS:
         raise InvalidArgument(f"unknown encryption algorithm {algorithm!r}; expected one of {sorted(_CIPHERS)}")
     info = EncryptionInfo(algorithm=algorithm, key_id=key_id, nonce=secrets.token_bytes(NONCE_BYTES))
@@ -297,7 +301,8 @@ def decrypt_data(
     """
     section = binding.section
     if len(info.nonce) != NONCE_BYTES:
-        raise DecryptionFailed(f"section {section!r}: nonce must be {NONCE_BYTES} bytes, got {len(info.nonce)}")
+        msg = f"section {section!r}: nonce must be {NONCE_BYTES} bytes, got {len(info.nonce)}"
+        raise DecryptionFailed(msg, section=section, key_id=info.key_id, snapshot_id=binding.snapshot_id)
     aead = _cipher(info, keyring)
     view = memoryview(data)
     sealed = CHUNK_SIZE + TAG_BYTES
@@ -313,9 +318,10 @@ def decrypt_data(
             f"section {section!r} of snapshot {binding.snapshot_id!r} failed to decrypt with key {info.key_id!r}: "
             "wrong key, tampered data, or the section was renamed or moved from another snapshot"
         )
-        raise DecryptionFailed(msg) from None
+        raise DecryptionFailed(msg, section=section, key_id=info.key_id, snapshot_id=binding.snapshot_id) from None
     except ValueError as exc:  # e.g. a chunk shorter than the tag
-        raise DecryptionFailed(f"section {section!r}: malformed ciphertext ({exc})") from exc
+        msg = f"section {section!r}: malformed ciphertext ({exc})"
+        raise DecryptionFailed(msg, section=section, key_id=info.key_id, snapshot_id=binding.snapshot_id) from exc
     return parts[0] if count == 1 else b"".join(parts)
 
 

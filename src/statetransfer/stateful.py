@@ -274,14 +274,15 @@ class StatefulPlugin(StateTransferable):
         else:
             path = find_path(self._steps(sec), stored.schema_version, sec.version)
             if path is None:
-                raise MigrationError(f"section {where!r}: no migration from {stored.schema_version} to {sec.version}")
+                msg = f"section {where!r}: no migration from {stored.schema_version} to {sec.version}"
+                raise MigrationError(msg, section=sec.name)
             value = codecs.decode_untyped(payload, sec.codec, where=where)
             for step in path:
                 try:
                     value = step.func(value)
                 except Exception as exc:
                     msg = f"section {where!r}: migration {step.describe()} raised {type(exc).__name__}: {exc}"
-                    raise MigrationError(msg) from exc
+                    raise MigrationError(msg, section=sec.name) from exc
             value = codecs.convert(value, sec.type, where=where, codec=sec.codec)
             walked = " -> ".join(str(v) for v in [stored.schema_version, *(s.to_version for s in path)])
             warnings.append(f"section {where!r} migrated {walked}")
@@ -291,9 +292,11 @@ class StatefulPlugin(StateTransferable):
             except StateTransferError:
                 raise
             except Exception as exc:
-                raise EncodingError(f"section {where!r} failed validation: {type(exc).__name__}: {exc}") from exc
+                msg = f"section {where!r} failed validation: {type(exc).__name__}: {exc}"
+                raise EncodingError(msg, path=where) from exc
             if problems:
-                raise EncodingError(f"section {where!r} failed validation: {'; '.join(map(str, problems))}")
+                msg = f"section {where!r} failed validation: {'; '.join(map(str, problems))}"
+                raise EncodingError(msg, path=where)
         return _Staged(sec.name, value, warnings)
 
     async def _stage_async(self, snapshot: StateSnapshot, stored: StateSection) -> _Staged:
@@ -352,7 +355,7 @@ class StatefulPlugin(StateTransferable):
                 f"{n}: {e}" for n, sv in validation.section_validations.items() for e in sv.errors
             ]
             msg = f"snapshot {snapshot.id!r} is not valid for {self.metadata.id!r}: {'; '.join(reasons)}"
-            raise ValidationFailed(msg, validation=validation)
+            raise ValidationFailed(msg, validation=validation, snapshot_id=snapshot.id)
         staged: list[_Staged] = []
         failed: list[FailedSection] = []
         warnings = list(validation.warnings)
@@ -372,7 +375,7 @@ class StatefulPlugin(StateTransferable):
                 failed.append(FailedSection(name, str(exc)))
         if failed and not partial:
             msg = f"import of {snapshot.id!r} failed, state unchanged: " + "; ".join(f.error for f in failed)
-            raise ImportFailed(msg, failed_sections=failed)
+            raise ImportFailed(msg, failed_sections=failed, snapshot_id=snapshot.id)
         async with self.state_lock:
             for item in staged:
                 setattr(self, item.name, item.value)

@@ -227,18 +227,17 @@ async def test_hanging_call_hits_quiesce_timeout(plugin_module):
 async def test_waiting_caller_times_out_with_clear_error(plugin_module):
     """A caller waiting longer than acquire_timeout for a reload gets a PluginError naming the wait."""
     host = await loaded(plugin_module, acquire_timeout=0.05)
-    slot = host._slots["counter"]
-    slot.paused = True
-    slot.resumed.clear()
+    gate = host._slots["counter"].gate
+    gate.pause()
     with pytest.raises(st.StateTransferError, match=r"gave up after waiting 0\.05s"):
         await call(host)
-    slot.paused = False
-    slot.resumed.set()
+    gate.resume()
     assert await call(host) == 1
 
 
 async def test_events_and_logging(plugin_module, caplog):
-    """Subscribers see started/exported/loaded/imported/swapped; failures emit rolled_back; results are logged."""
+    """Subscribers see started/loaded/exported/imported/swapped; a broken version emits rolled_back before any
+    export; results are logged."""
     _, write, _ = plugin_module
     host = await loaded(plugin_module)
     events: list[ReloadEvent] = []
@@ -246,15 +245,15 @@ async def test_events_and_logging(plugin_module, caplog):
     caplog.set_level(logging.INFO, logger="statetransfer.host")
     write(render(tag="v2"))
     await host.reload("counter")
-    assert [e.phase for e in events] == ["started", "exported", "loaded", "imported", "swapped"]
+    assert [e.phase for e in events] == ["started", "loaded", "exported", "imported", "swapped"]
     events.clear()
     write(render(syntax_error=True))
     await host.reload("counter")
-    assert [e.phase for e in events] == ["started", "exported", "rolled_back"]
+    assert [e.phase for e in events] == ["started", "rolled_back"]
     assert any("rolled back" in r.message for r in caplog.records)
     unsubscribe()
     await host.reload("counter")
-    assert len(events) == 3
+    assert len(events) == 2
 
 
 async def test_checkpoint_written_to_store(plugin_module):

@@ -12,7 +12,6 @@ import base64
 import contextlib
 import datetime
 import functools
-import importlib
 import os
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -25,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ._loading import load_class
 from .container import dumps, load
 from .crypto import KEYRING_ENV, Keyring, reencrypt
 from .diffing import diff_snapshots
@@ -144,16 +144,8 @@ def _verify_key(path: str | None) -> bytes | None:
 
 
 def _load_plugin_class(spec: str) -> type[StateTransferable]:
-    module_name, sep, class_name = spec.partition(":")
-    if not sep:
-        raise UsageProblem(f"plugin {spec!r} must look like 'package.module:ClassName'")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise UsageProblem(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, StateTransferable)):
+    cls = load_class(spec, search_path=os.getcwd())
+    if not issubclass(cls, StateTransferable):
         raise UsageProblem(f"{spec!r} is not a StateTransferable class")
     return cls
 

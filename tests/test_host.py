@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import textwrap
 import time
-import uuid
 
 import pytest
 
@@ -38,21 +36,6 @@ RAISING_INIT = "def __init__(self, keyring=None):\n        raise {error}"
 def render(version="1.0.0", tag="v1", count_version=1, extra_section="", init="", syntax_error=False) -> str:
     text = COUNTER.format(version=version, tag=tag, count_version=count_version, extra_section=extra_section, init=init)
     return text + ("\ndef broken(:\n" if syntax_error else "")
-
-
-@pytest.fixture
-def plugin_module(tmp_path, monkeypatch):
-    """A fresh importable module name in tmp_path, and a writer for its source."""
-    name = f"plug_{uuid.uuid4().hex[:12]}"
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # users run with __pycache__
-    path = tmp_path / f"{name}.py"
-
-    def write(text: str) -> None:
-        path.write_text(textwrap.dedent(text))
-
-    yield name, write, path
-    sys.modules.pop(name, None)
 
 
 async def loaded(plugin_module, **host_options):
@@ -107,7 +90,7 @@ async def test_reload_carries_state_and_runs_new_code(plugin_module):
     ],
 )
 async def test_broken_reload_rolls_back(plugin_module, broken, error):
-    """Any failure leaves the old instance serving with its state untouched."""
+    """A broken new version is refused before callers are held; the old instance serves on, state untouched."""
     name, write, _ = plugin_module
     host = await loaded(plugin_module)
     old = host.get("counter")
@@ -116,6 +99,7 @@ async def test_broken_reload_rolls_back(plugin_module, broken, error):
     result = await host.reload("counter")
     assert result.rolled_back and not result.ok
     assert error in result.error
+    assert result.timings["pause"] == 0.0  # refused in the preflight: callers were never held
     assert host.get("counter") is old
     assert sys.modules[name].Counter is type(old)
     assert await call(host) == 2
@@ -133,6 +117,7 @@ async def test_dropped_section_rolls_back_unless_allowed(plugin_module):
     write(render(version="1.1.0"))
     result = await host.reload("counter")
     assert result.rolled_back and "notes" in result.error
+    assert result.timings["pause"] == 0.0
     assert host.get("counter").notes == {"keep": "me"}
     host.allow_dropped_sections = True
     assert (await host.reload("counter")).ok

@@ -487,6 +487,7 @@ class _Reload:
     async def after_commit(self) -> None:
         """Call the old instance's ``on_unload`` (bounded) and write the checkpoint; neither can undo the swap."""
         old, self.old = self.old, None  # the host keeps no reference to the old code after this
+        self.saved.clear()
         if old is not None:
             await self.host._call_on_unload(old, self.slot.plugin_id)
             del old
@@ -546,21 +547,29 @@ async def _in_daemon_thread(func: Callable[[], T]) -> T:
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[T] = loop.create_future()
+    # The thread takes func from one box and leaves its outcome in another, so once func
+    # returned the thread refers to nothing it produced (the old code can be collected).
+    calls: list[Callable[[], T]] = [func]
+    outcomes: list[tuple[T | None, BaseException | None]] = []
 
-    def settle(outcome: Callable[[], None]) -> None:
-        if not future.done():
-            outcome()
+    def deliver() -> None:
+        value, error = outcomes.pop()
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)  # type: ignore[arg-type] - no error means func returned a T
 
     def work() -> None:
+        call = calls.pop()
         try:
-            value = func()
+            outcomes.append((call(), None))
         except BaseException as exc:  # handed to the awaiting task
-            error = exc
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
-        else:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, lambda: future.set_result(value))
+            outcomes.append((None, exc))
+        del call
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(deliver)
 
     threading.Thread(target=work, name="statetransfer-preflight", daemon=True).start()
     return await future

@@ -22,7 +22,7 @@ import types
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
 
@@ -559,7 +559,7 @@ async def _in_daemon_thread(func: Callable[[], T]) -> T:
         if error is not None:
             future.set_exception(error)
         else:
-            future.set_result(value)  # type: ignore[arg-type] - no error means func returned a T
+            future.set_result(cast(T, value))  # no error: func returned a T
 
     def work() -> None:
         call = calls.pop()

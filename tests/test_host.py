@@ -242,7 +242,7 @@ async def test_events_and_logging(plugin_module, caplog):
 
 
 async def test_checkpoint_written_to_store(plugin_module):
-    """With a store, a CHECKPOINT snapshot is written before the swap."""
+    """With a store, a CHECKPOINT snapshot of the new instance is written after the swap."""
     _, write, _ = plugin_module
     store = st.open_store("memory://")
     host = await loaded(plugin_module, store=store)

@@ -368,9 +368,7 @@ async def stage(old: StatefulPlugin, new: StatefulPlugin, plan: HandoverPlan) ->
     """
     staged: list[_Staged] = []
     for name in plan.serialized:
-        codec, version = old.sections[name].codec, old.sections[name].version
-        payload = codecs.encode(getattr(old, name), codec, where=name)
-        staged.append(await asyncio.to_thread(new._stage_payload, name, payload, codec, version))
+        staged.append(await asyncio.to_thread(_copy_section, old, new, name))
     carried: dict[str, tuple[StateSection, str]] = {}
     for name, (stored, origin) in plan.stored.items():
         if name in new.sections:
@@ -380,6 +378,12 @@ async def stage(old: StatefulPlugin, new: StatefulPlugin, plan: HandoverPlan) ->
     for name in plan.dropped:
         carried[name] = _pack_dropped(old, name)
     return Staged(staged, carried)
+
+
+def _copy_section(old: StatefulPlugin, new: StatefulPlugin, name: str) -> _Staged:
+    """Section ``name`` of ``old`` encoded with its codec, then decoded, migrated and validated by ``new``."""
+    codec, version = old.sections[name].codec, old.sections[name].version
+    return new._stage_payload(name, codecs.encode(getattr(old, name), codec, where=name), codec, version)
 
 
 def apply(old: StatefulPlugin, new: StatefulPlugin, plan: HandoverPlan, staged: Staged) -> StateImportResult:

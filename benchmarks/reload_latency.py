@@ -1,6 +1,6 @@
 """Hot-reload latency: how long callers are held, by state size, with and without copying the state.
 
-Run: ``python benchmarks/reload_latency.py [--quick] [--gb]``.
+Run: ``python benchmarks/reload_latency.py [--quick] [--gb [--gb-only] [--gb-serialized]]``.
 
 For each size (1 MB, 100 MB; 1 GB with ``--gb``) and each case it reloads a
 plugin whose one section holds that much state (measured as msgpack bytes):
@@ -117,10 +117,11 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 MB only, few reloads")
     parser.add_argument("--gb", action="store_true", help="also 1 GB (live cases only: ~8 GB of RAM, minutes)")
     parser.add_argument("--gb-serialized", action="store_true", help="with --gb, the serialized path at 1 GB too")
+    parser.add_argument("--gb-only", action="store_true", help="with --gb, skip the 1 MB and 100 MB runs")
     args = parser.parse_args()
     plan: list[tuple[float, int, bool]] = [(1, 10, True)] if args.quick else [(1, 40, True), (100, 7, True)]
     if args.gb:
-        plan.append((1000, 5, args.gb_serialized))
+        plan = [*([] if args.gb_only else plan), (1000, 5, args.gb_serialized)]
     print(f"{'state':>7} {'case':>10} {'reloads':>7} {'pause p50':>10} {'p99':>8} {'caller p50':>11} {'p99':>8}"
           f"  {'serialized p50':>15} {'ratio':>7}")  # fmt: skip
     for size, reloads, with_baseline in plan:

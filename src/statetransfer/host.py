@@ -446,6 +446,8 @@ class _Reload:
                 self.commit(new)
         finally:
             self.timings["pause"] = gate.resume()
+        if self.result.import_result is not None:  # listeners run after callers resumed
+            self.emit("imported", ", ".join(self.result.import_result.imported_sections))
         self.emit("swapped", self.result.new_version or "")
 
     async def transfer(
@@ -480,8 +482,6 @@ class _Reload:
         self.result.ok = True
         self.result.new_version = new.metadata.version
         self.lap("swap")
-        if self.result.import_result is not None:
-            self.emit("imported", ", ".join(self.result.import_result.imported_sections))
 
     # -- after the commit: callers run again -------------------------------------------------------
     async def after_commit(self) -> None:

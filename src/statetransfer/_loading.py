@@ -12,7 +12,6 @@ import importlib.metadata
 import importlib.util
 import sys
 import types
-from collections.abc import Iterable
 from pathlib import Path
 
 from .crypto import Keyring
@@ -114,12 +113,11 @@ def find_class(module: types.ModuleType, class_name: str) -> type[Plugin]:
     return cls
 
 
-def load_class(spec: str, *, fresh: bool = False, search_path: str | None = None) -> type[Plugin]:
+def load_class(spec: str, *, search_path: str | None = None) -> type[Plugin]:
     """The plugin class named by ``spec`` (``module:Class`` or an entry point name).
 
     Args:
-        spec: what to load.
-        fresh: execute the module from source even when it is already imported.
+        spec: what to load; a module not imported yet is executed from its source.
         search_path: a directory to make importable first (added to ``sys.path``
             once, if it is not there yet), e.g. the command line's working directory.
 
@@ -131,7 +129,7 @@ def load_class(spec: str, *, fresh: bool = False, search_path: str | None = None
     if search_path is not None and search_path not in sys.path:
         sys.path.insert(0, search_path)
     module = sys.modules.get(module_name)
-    if module is None or fresh:
+    if module is None:
         module = exec_fresh_module(module_name)
     return find_class(module, class_name)
 
@@ -158,13 +156,3 @@ def module_file(name: str) -> Path | None:
     """The resolved source file of the imported module ``name``, if it has one."""
     origin = getattr(sys.modules.get(name), "__file__", None)
     return Path(origin).resolve() if origin else None
-
-
-def exec_modules(names: Iterable[str]) -> types.ModuleType:
-    """Execute each of ``names`` afresh, in order; returns the last module."""
-    module: types.ModuleType | None = None
-    for name in names:
-        module = exec_fresh_module(name)
-    if module is None:
-        raise PluginError("no module to execute")
-    return module

@@ -75,7 +75,6 @@ class _Matcher:
         self.new_globals = new_globals
         self.classes: dict[type, type] = {}
         self.old_hints: dict[type, dict[str, Any]] = {}
-        self.new_hints: dict[type, dict[str, Any]] = {}
 
     def same(self, old: Any, new: Any) -> None:
         if old is new:

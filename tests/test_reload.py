@@ -415,3 +415,31 @@ def test_loader_adds_a_search_path_once(plugin_module, tmp_path):
     assert sys.path.count(str(tmp_path)) == 1
     with pytest.raises(st.StateTransferError, match="not a statetransfer Plugin"):
         load_class(f"{name}:Entry")
+
+
+async def test_classes_of_also_reloaded_helpers_are_rebound(plugin_module, tmp_path):
+    """Values whose class lives in a helper module re-executed with also_reload= are re-pointed too."""
+    name, write, _ = plugin_module
+    helper = f"{name}_types"
+    (tmp_path / f"{helper}.py").write_text("import msgspec\n\nclass Item(msgspec.Struct):\n    n: int\n")
+    source = f"""
+import statetransfer as st
+from {helper} import Item
+
+class Box(st.StatefulPlugin):
+    metadata = st.PluginMetadata(id="box", version="{{version}}")
+    items = st.Section(list[Item], default=list)
+"""
+    write(source.format(version="1.0.0"))
+    host = st.PluginHost()
+    try:
+        plugin = await host.load(f"{name}:Box", also_reload=[helper])
+        plugin.items = [sys.modules[helper].Item(i) for i in range(3)]
+        items = plugin.items
+        write(source.format(version="1.1.0"))
+        assert (await host.reload("box")).ok
+        new = host.get("box")
+        assert new.items is items
+        assert all(type(i) is sys.modules[helper].Item for i in new.items)
+    finally:
+        sys.modules.pop(helper, None)

@@ -242,13 +242,24 @@ async def test_slow_import_runs_while_the_old_code_serves(plugin_module, tmp_pat
     assert await tag(host) == "v2"
 
 
-async def test_import_that_never_ends_times_out_and_old_code_serves_on(plugin_module, tmp_path):
-    """A module looping at import makes the reload time out; the old code serves on and keeps its module."""
+ENDLESS = "while not pathlib.Path({release!r}).exists():\n{indent}pass"
+ENDLESS_INIT = "def __init__(self, keyring=None):\n        super().__init__(keyring=keyring)\n        " + ENDLESS
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param(lambda release: {"prelude": ENDLESS.format(release=release, indent="    ")}, id="module"),
+        pytest.param(lambda release: {"body": ENDLESS_INIT.format(release=release, indent=" " * 12)}, id="init"),
+    ],
+)
+async def test_code_that_never_ends_times_out_and_old_code_serves_on(plugin_module, tmp_path, where):
+    """A module or __init__ looping forever makes the reload time out; the old code serves on with its module."""
     name, write, _ = plugin_module
     host = await loaded_shop(plugin_module, reload_timeout=0.3)
     module = sys.modules[name]
     release = tmp_path / "release"
-    write(shop(version="1.1.0", tag="v2", prelude=f"while not pathlib.Path({str(release)!r}).exists():\n    pass"))
+    write(shop(version="1.1.0", tag="v2", **where(str(release))))
     reloading = asyncio.create_task(host.reload("shop"))
     await asyncio.sleep(0.05)
     assert await tag(host) == "v1"

@@ -37,6 +37,7 @@ from ._loading import (
     parse_spec,
     resolve_spec,
 )
+from ._watching import watch_sources
 from .crypto import Keyring
 from .errors import PluginError, ValidationFailed
 from .model import StateCreationReason, StateImportResult, StateSnapshot
@@ -290,19 +291,15 @@ class PluginHost:
         Changes are debounced; reloads of one plugin run one at a time; each
         result is logged with :mod:`logging` (logger ``statetransfer.host``).
         """
-        import watchfiles  # noqa: PLC0415 - only hosts that watch need it
+        await watch_sources(self._sources, self.reload, debounce_ms=debounce_ms, stop_event=stop_event)
 
-        dirs = sorted({str(s.source.parent) for s in self._slots.values() if s.source is not None})
-        if not dirs:
-            raise PluginError("no loaded plugin has a source file to watch")
-        log.info("watching %s for plugin source changes", dirs)
-        async for changes in watchfiles.awatch(*dirs, debounce=debounce_ms, stop_event=stop_event):
-            changed = {Path(path).resolve() for _, path in changes}
-            for slot in list(self._slots.values()):
-                sources = {slot.source, *(module_file(m) for m in slot.extra_modules)}
-                if changed & {s for s in sources if s is not None}:
-                    with contextlib.suppress(PluginError):  # unloaded meanwhile
-                        await self.reload(slot.plugin_id)
+    def _sources(self) -> dict[str, set[Path]]:
+        """Plugin id -> the source files whose change reloads it (its module and ``also_reload`` helpers)."""
+        out: dict[str, set[Path]] = {}
+        for slot in self._slots.values():
+            files = {slot.source, *(module_file(m) for m in slot.extra_modules)}
+            out[slot.plugin_id] = {f for f in files if f is not None}
+        return out
 
 
 @dataclass

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+import textwrap
+import uuid
+
+import pytest
 from hypothesis import strategies as hs
 
 import statetransfer as st
@@ -75,3 +80,18 @@ def simple_snapshot(**sections: bytes) -> st.StateSnapshot:
         metadata=st.StateMetadata(),
     )
     return seal(snap)
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    """A fresh importable module name in tmp_path, and a writer for its source."""
+    name = f"plug_{uuid.uuid4().hex[:12]}"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # users run with __pycache__
+    path = tmp_path / f"{name}.py"
+
+    def write(text: str) -> None:
+        path.write_text(textwrap.dedent(text))
+
+    yield name, write, path
+    sys.modules.pop(name, None)

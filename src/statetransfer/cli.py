@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import datetime
 import functools
-import importlib
 import itertools
 import os
 import re
@@ -53,6 +52,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ._fileio import write_atomic
+from ._loading import load_class
 from .checksum import MIN_SIGNING_KEY_BYTES, sign, verify_signature
 from .container import dumps, loads
 from .crypto import KEYRING_ENV, Keyring, reencrypt
@@ -360,16 +360,8 @@ def _snapshot_arg(ref: Sequence[str], verify_key: bytes | None = None) -> StateS
 
 
 def _load_plugin_class(spec: str) -> type[StateTransferable]:
-    module_name, sep, class_name = spec.partition(":")
-    if not sep:
-        raise UsageProblem(f"plugin {spec!r} must look like 'package.module:ClassName'")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise UsageProblem(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, StateTransferable)):
+    cls = load_class(spec, search_path=os.getcwd())
+    if not issubclass(cls, StateTransferable):
         raise UsageProblem(f"{spec!r} is not a StateTransferable class")
     return cls
 

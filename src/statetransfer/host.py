@@ -1,35 +1,48 @@
-"""Hot-reload host: quiesce -> export -> reload code -> import -> swap, with rollback.
+"""Hot-reload host: preflight -> pause -> hand over -> commit -> resume, with exact rollback.
 
 Every call to a plugin goes through :meth:`PluginHost.use`. A reload first
-stops admitting new calls and waits for the calls in flight (quiesce), so the
-exported state is exactly the state the new code imports; any failure leaves
-the old instance serving with its state untouched (rollback).
+loads, instantiates and checks the new code while the old instance keeps
+serving (preflight); only then does it hold new callers and wait for the
+calls in flight, hand the state over and swap. Every piece of plugin code
+runs before the swap (the commit); after it only the host's own code runs,
+so any failure leaves the old instance serving with its state exactly as it
+was. ``docs/hot-reload.md`` describes the phases.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.metadata
-import importlib.util
 import inspect
 import logging
 import sys
+import threading
 import time
 import types
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
 
-from .checksum import calculate_checksum
+from . import _handover
+from ._gate import CallGate
+from ._loading import (
+    ENTRY_POINT_GROUP,
+    exec_fresh_module,
+    find_class,
+    instantiate,
+    module_file,
+    parse_spec,
+    resolve_spec,
+)
+from ._watching import watch_sources
 from .crypto import Keyring
-from .errors import PluginError, StateTransferError, ValidationFailed
-from .model import SectionValidation, StateCreationReason, StateImportResult, StateSnapshot, StateValidation
+from .errors import PluginError, ValidationFailed
+from .model import StateCreationReason, StateImportResult, StateSnapshot
 from .plugin import Plugin, StateTransferable
+from .stateful import StatefulPlugin
 
 if TYPE_CHECKING:
     from .stores.base import SnapshotStore
@@ -37,15 +50,19 @@ if TYPE_CHECKING:
 __all__ = ["ENTRY_POINT_GROUP", "PluginHost", "ReloadEvent", "ReloadResult"]
 
 log = logging.getLogger("statetransfer.host")
-ENTRY_POINT_GROUP = "statetransfer.plugins"
-PHASES = ("started", "exported", "loaded", "imported", "swapped", "rolled_back")
+T = TypeVar("T")
+PHASES = ("started", "loaded", "exported", "imported", "swapped", "rolled_back")
 
 
 class ReloadResult(msgspec.Struct):
     """The outcome of one :meth:`PluginHost.reload`.
 
-    ``timings`` holds seconds per phase (``quiesce``, ``export``, ``load``,
-    ``validate``, ``import``, ``checkpoint``, ``swap``) and ``total``.
+    ``timings`` holds seconds per phase: ``load`` and ``validate`` (the
+    preflight, while the old code serves), ``quiesce``, ``export``,
+    ``import`` and ``swap`` (while callers are held), ``unload`` and
+    ``checkpoint`` (after callers resumed), plus ``pause``, the seconds new
+    callers were held (0.0 when the reload was refused before pausing), and
+    ``total``.
     """
 
     plugin_id: str
@@ -60,8 +77,8 @@ class ReloadResult(msgspec.Struct):
 
 
 class ReloadEvent(msgspec.Struct, frozen=True):
-    """A progress event of a reload: ``phase`` is one of ``started``, ``exported``,
-    ``loaded``, ``imported``, ``swapped``, ``rolled_back``."""
+    """A progress event of a reload: ``phase`` is one of ``started``, ``loaded``,
+    ``exported``, ``imported``, ``swapped``, ``rolled_back``."""
 
     plugin_id: str
     phase: str
@@ -79,94 +96,37 @@ class _Slot:
     class_name: str
     source: Path | None
     extra_modules: tuple[str, ...]
-    in_flight: int = 0
-    paused: bool = False
-    closed: bool = False
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    resumed: asyncio.Event = field(default_factory=asyncio.Event)
+    gate: CallGate
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def __post_init__(self) -> None:
-        self.idle.set()
-        self.resumed.set()
-
-
-def _parse_spec(spec: str) -> tuple[str, str]:
-    module_name, sep, class_name = spec.partition(":")
-    if not sep or not module_name or not class_name:
-        raise PluginError(f"plugin spec {spec!r} must look like 'package.module:ClassName'")
-    return module_name, class_name
-
-
-def _exec_fresh_module(name: str) -> types.ModuleType:
-    """Execute module ``name`` from its current source into a fresh module object.
-
-    Source is compiled directly (never a cached ``.pyc``), so a file rewritten
-    twice within one second with the same size still runs its newest text.
-    ``sys.modules[name]`` points at the new module only while it executes and
-    after it succeeds; on failure the previous module is restored.
-    """
-    old = sys.modules.get(name)
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError) as exc:
-        raise PluginError(f"cannot find module {name!r}: {exc}") from exc
-    if spec is None or spec.loader is None:
-        raise PluginError(f"cannot find module {name!r} (is its directory on sys.path?)")
-    module = importlib.util.module_from_spec(spec)
-    origin = spec.origin
-    sys.modules[name] = module
-    try:
-        if origin and origin.endswith(".py"):
-            source = Path(origin).read_bytes()
-            code = compile(source, origin, "exec", dont_inherit=True)
-            exec(code, module.__dict__)  # noqa: S102 - running the plugin's own source is the point
-        else:
-            spec.loader.exec_module(module)
-    except BaseException as exc:
-        if old is not None:
-            sys.modules[name] = old
-        else:
-            sys.modules.pop(name, None)
-        if isinstance(exc, KeyboardInterrupt | SystemExit | asyncio.CancelledError):
-            raise
-        raise PluginError(f"module {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
-    importlib.invalidate_caches()
-    return module
-
-
-def _instantiate(cls: Any, keyring: Keyring | None) -> Plugin:
-    if not (isinstance(cls, type) and issubclass(cls, Plugin)):
-        raise PluginError(f"{cls!r} is not a statetransfer Plugin subclass")
-    try:
-        params = inspect.signature(cls).parameters
-        accepts = "keyring" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-        instance: Plugin = cls(keyring=keyring) if accepts else cls()  # type: ignore[call-arg]
-    except StateTransferError:
-        raise
-    except Exception as exc:
-        raise PluginError(f"{cls.__qualname__}() raised {type(exc).__name__}: {exc}") from exc
-    meta = getattr(instance, "metadata", None)
-    if meta is None or not getattr(meta, "id", None):
-        raise PluginError(f"{cls.__qualname__} has no metadata with an id")
-    return instance
 
 
 class PluginHost:
     """Loads plugins, routes calls to them, and hot-reloads their code without losing state.
 
     Args:
-        keyring: passed to every plugin that accepts ``keyring=``.
-        store: where reloads write a ``CHECKPOINT`` snapshot before swapping.
+        keyring: passed to every plugin through :meth:`Plugin.create`.
+        store: where a reload writes a ``CHECKPOINT`` snapshot of the new
+            instance, after callers resumed.
         quiesce_timeout: seconds a reload waits for calls in flight before it
             gives up (and rolls back; the calls go on).
         acquire_timeout: seconds a new call waits for a reload to finish
-            before :meth:`use` raises :class:`PluginError`.
-        reload_timeout: seconds the export/load/import phases may take.
+            before :meth:`use` raises :class:`PluginError`. The default is
+            longer than ``quiesce_timeout + reload_timeout``, so no caller
+            fails while a reload is within its allowed time.
+        reload_timeout: seconds the preflight (loading, ``__init__``,
+            ``on_load``, checks) may take, and again seconds the handover
+            may take while callers are held. Loading runs in a thread that
+            cannot be stopped: after a timeout the old code goes on serving
+            while that thread finishes (or never does) on its own.
+        unload_timeout: seconds an instance's ``on_unload`` may take; callers
+            are never held while it runs.
         allow_dropped_sections: accept new code that no longer declares a
-            section the old code had. Off by default: such a reload rolls
-            back. When allowed, the dropped section is still carried
+            section the old code had. Off by default: such a reload is
+            refused. When allowed, the dropped section is still carried
             unchanged through later exports (nothing is lost).
+        live_handover: hand declarative plugins' unchanged sections to the
+            new instance as the live objects (the default). ``False`` carries
+            all state through export and import, copying it.
     """
 
     def __init__(
@@ -175,18 +135,22 @@ class PluginHost:
         store: SnapshotStore | None = None,
         *,
         quiesce_timeout: float = 5.0,
-        acquire_timeout: float = 30.0,
+        acquire_timeout: float = 70.0,
         reload_timeout: float = 60.0,
+        unload_timeout: float = 10.0,
         allow_dropped_sections: bool = False,
+        live_handover: bool = True,
     ) -> None:
         self.allow_dropped_sections = allow_dropped_sections
+        self.live_handover = live_handover
         self.keyring = keyring
         self.store = store
         self.quiesce_timeout = quiesce_timeout
         self.acquire_timeout = acquire_timeout
         self.reload_timeout = reload_timeout
+        self.unload_timeout = unload_timeout
         self._slots: dict[str, _Slot] = {}
-        self._listeners: list[Callable[[ReloadEvent], Any]] = []
+        self._listeners: list[Callable[[ReloadEvent], object]] = []
 
     # -- registry ---------------------------------------------------------------------------------
     @property
@@ -205,8 +169,19 @@ class PluginHost:
             msg = f"no plugin {plugin_id!r} is loaded (loaded: {self.plugin_ids})"
             raise PluginError(msg) from None
 
-    def subscribe(self, listener: Callable[[ReloadEvent], Any]) -> Callable[[], None]:
-        """Call ``listener(event)`` on every reload progress event; returns an unsubscribe function."""
+    def subscribe(self, listener: Callable[[ReloadEvent], object]) -> Callable[[], None]:
+        """Call ``listener(event)`` on every reload progress event; returns an unsubscribe function.
+
+        Listeners are plain functions, called in order on the event loop; keep
+        them quick (some events fire while callers are held).
+
+        Raises:
+            TypeError: ``listener`` is an ``async def`` function (schedule
+                your own task from a plain function instead).
+        """
+        if inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(getattr(listener, "__call__", None)):  # noqa: B004
+            msg = f"reload listeners must be plain functions, not async ones: {listener!r}"
+            raise TypeError(msg)
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
@@ -214,9 +189,14 @@ class PluginHost:
         event = ReloadEvent(plugin_id, phase, time.perf_counter() - started, detail)
         for listener in list(self._listeners):
             try:
-                listener(event)
+                outcome = listener(event)
             except Exception:
                 log.exception("reload event listener %r failed", listener)
+                continue
+            if inspect.isawaitable(outcome):
+                if isinstance(outcome, Coroutine):
+                    outcome.close()
+                log.error("reload event listener %r returned an awaitable, which is never awaited", listener)
 
     # -- load / unload ----------------------------------------------------------------------------
     async def load(self, spec: str, *, also_reload: Iterable[str] = ()) -> Plugin:
@@ -228,204 +208,81 @@ class PluginHost:
             also_reload: further modules (e.g. the plugin's helpers) to
                 re-execute from source, before the plugin's module, on each reload.
         """
-        if ":" not in spec:
-            spec = self._entry_point(spec)
-        module_name, class_name = _parse_spec(spec)
+        module_name, class_name = parse_spec(resolve_spec(spec))
         extra = tuple(also_reload)
-        if module_name in sys.modules:
-            module = sys.modules[module_name]
-        else:
+        module = sys.modules.get(module_name)
+        if module is None:
             for name in extra:
-                _exec_fresh_module(name)
-            module = _exec_fresh_module(module_name)
-        cls = getattr(module, class_name, None)
-        if cls is None:
-            raise PluginError(f"module {module_name!r} has no class {class_name!r}")
-        instance = _instantiate(cls, self.keyring)
+                exec_fresh_module(name)
+            module = exec_fresh_module(module_name)
+        instance = instantiate(find_class(module, class_name), self.keyring)
         plugin_id = instance.metadata.id
         if plugin_id in self._slots:
             raise PluginError(f"a plugin with id {plugin_id!r} is already loaded; unload it first")
         origin = getattr(module, "__file__", None)
         source = Path(origin).resolve() if origin else None
         await instance.on_load()
-        self._slots[plugin_id] = _Slot(plugin_id, instance, module_name, class_name, source, extra)
+        self._slots[plugin_id] = _Slot(plugin_id, instance, module_name, class_name, source, extra, CallGate(plugin_id))
         log.info("loaded plugin %r (%s) from %s", plugin_id, instance.metadata.version, spec)
         return instance
 
-    @staticmethod
-    def _entry_point(name: str) -> str:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == name:
-                return str(ep.value)
-        msg = f"no plugin entry point {name!r} in group {ENTRY_POINT_GROUP!r}, and it is not 'module:Class'"
-        raise PluginError(msg)
-
     async def unload(self, plugin_id: str) -> None:
-        """Stop admitting calls, wait for those in flight, then drop the plugin."""
+        """Stop admitting calls, wait for those in flight, drop the plugin, then call its ``on_unload``.
+
+        Raises:
+            PluginError: no such plugin, or calls were still running after ``quiesce_timeout``.
+        """
         slot = self._slot(plugin_id)
         async with slot.reload_lock:
-            slot.paused = True
-            slot.resumed.clear()
+            if slot.gate.closed:
+                raise PluginError(f"plugin {plugin_id!r} was unloaded")
+            slot.gate.pause()
             try:
-                await asyncio.wait_for(slot.idle.wait(), self.quiesce_timeout)
-            except TimeoutError:
-                slot.paused = False
-                slot.resumed.set()
-                msg = f"cannot unload {plugin_id!r}: {slot.in_flight} calls still running after {self.quiesce_timeout}s"
-                raise PluginError(msg) from None
-            slot.closed = True
+                await slot.gate.quiesce(self.quiesce_timeout)
+            except PluginError as exc:
+                slot.gate.resume()
+                raise PluginError(f"cannot unload {plugin_id!r}: {exc}") from None
+            slot.gate.close()
             del self._slots[plugin_id]
-            slot.resumed.set()
-        await slot.instance.on_unload()
+        await self._call_on_unload(slot.instance, plugin_id)
+
+    async def _call_on_unload(self, instance: Plugin, plugin_id: str) -> None:
+        """``instance.on_unload()``, bounded by ``unload_timeout``; failures are logged, never raised."""
+        try:
+            await asyncio.wait_for(instance.on_unload(), self.unload_timeout)
+        except TimeoutError:
+            log.warning("on_unload of %r still running after %ss; no longer waited for", plugin_id,
+                        self.unload_timeout)  # fmt: skip
+        except Exception:
+            log.exception("on_unload of %r failed (ignored)", plugin_id)
 
     # -- calls ------------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def use(self, plugin_id: str) -> AsyncIterator[Any]:
         """Enter a call to ``plugin_id``; yields the instance serving it.
 
-        While a reload is in progress new callers wait (up to
+        While a reload holds callers, new callers wait (up to
         ``acquire_timeout`` seconds, then :class:`PluginError`); calls already
         in flight finish first.
         """
         slot = self._slot(plugin_id)
-        while slot.paused:
-            try:
-                await asyncio.wait_for(slot.resumed.wait(), self.acquire_timeout)
-            except TimeoutError:
-                msg = f"plugin {plugin_id!r} is reloading; gave up after waiting {self.acquire_timeout}s"
-                raise PluginError(msg) from None
-            if slot.closed:
-                raise PluginError(f"plugin {plugin_id!r} was unloaded")
-        slot.in_flight += 1
-        slot.idle.clear()
-        try:
+        async with slot.gate.enter(self.acquire_timeout):
             yield slot.instance
-        finally:
-            slot.in_flight -= 1
-            if slot.in_flight == 0:
-                slot.idle.set()
 
     # -- reload -----------------------------------------------------------------------------------
     async def reload(self, plugin_id: str) -> ReloadResult:
         """Replace ``plugin_id``'s code, carrying its state; roll back on any failure.
 
         Concurrent reloads of one plugin run one after the other.
+
+        Raises:
+            PluginError: no such plugin, or it was unloaded while this reload waited its turn.
         """
         slot = self._slot(plugin_id)
         async with slot.reload_lock:
-            return await self._reload(slot)
-
-    async def _reload(self, slot: _Slot) -> ReloadResult:
-        started = time.perf_counter()
-        timings: dict[str, float] = {}
-        old = slot.instance
-        result = ReloadResult(slot.plugin_id, ok=False, rolled_back=False, old_version=old.metadata.version)
-        mark = started
-
-        def lap(phase: str) -> None:
-            nonlocal mark
-            now = time.perf_counter()
-            timings[phase] = now - mark
-            mark = now
-
-        saved_modules = {name: sys.modules.get(name) for name in (*slot.extra_modules, slot.module_name)}
-        self._emit(slot.plugin_id, "started", started)
-        slot.paused = True
-        slot.resumed.clear()
-        try:
-            try:
-                await asyncio.wait_for(slot.idle.wait(), self.quiesce_timeout)
-            except TimeoutError:
-                msg = f"quiesce timeout: {slot.in_flight} calls still in flight after {self.quiesce_timeout}s"
-                raise PluginError(msg) from None
-            lap("quiesce")
-            async with asyncio.timeout(self.reload_timeout):
-                new, snapshot, imported = await self._swap_in(slot, old, lap, started)
-                result.new_version = new.metadata.version
-                result.import_result = imported
-                if self.store is not None and snapshot is not None:
-                    checkpoint = _as_checkpoint(snapshot)
-                    await self.store.put(checkpoint)
-                    result.checkpoint_id = checkpoint.id
-                    lap("checkpoint")
-            slot.instance = new
-            try:
-                await old.on_unload()
-            except Exception:
-                log.exception("on_unload of the old %r instance failed (ignored; new code is serving)", slot.plugin_id)
-            lap("swap")
-            result.ok = True
-            self._emit(slot.plugin_id, "swapped", started, result.new_version or "")
-        except (Exception, asyncio.CancelledError) as exc:
-            for name, module in saved_modules.items():
-                if module is not None:
-                    sys.modules[name] = module
-            result.rolled_back = True
-            result.error = _describe(exc)
-            self._emit(slot.plugin_id, "rolled_back", started, result.error)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-        finally:
-            slot.paused = False
-            slot.resumed.set()
-            timings["total"] = time.perf_counter() - started
-            result.timings = timings
-            level = logging.INFO if result.ok else logging.WARNING
-            log.log(level, "reload %r: %s in %.1f ms%s", slot.plugin_id,
-                    "ok" if result.ok else "rolled back", timings["total"] * 1e3,
-                    f" ({result.error})" if result.error else "")  # fmt: skip
-        return result
-
-    async def _swap_in(
-        self, slot: _Slot, old: Plugin, lap: Callable[[str], None], started: float
-    ) -> tuple[Plugin, StateSnapshot | None, StateImportResult | None]:
-        snapshot: StateSnapshot | None = None
-        if isinstance(old, StateTransferable):
-            snapshot = await _export(old, StateCreationReason.HOT_RELOAD)
-            lap("export")
-            self._emit(slot.plugin_id, "exported", started, f"{len(snapshot.sections)} sections")
-        for name in slot.extra_modules:
-            _exec_fresh_module(name)
-        module = _exec_fresh_module(slot.module_name)
-        cls = getattr(module, slot.class_name, None)
-        if cls is None:
-            raise PluginError(f"reloaded module {slot.module_name!r} has no class {slot.class_name!r}")
-        new = _instantiate(cls, self.keyring)
-        if new.metadata.id != slot.plugin_id:
-            raise PluginError(f"reloaded plugin has id {new.metadata.id!r}, expected {slot.plugin_id!r}")
-        lap("load")
-        self._emit(slot.plugin_id, "loaded", started, new.metadata.version)
-        imported: StateImportResult | None = None
-        if snapshot is not None:
-            if not isinstance(new, StateTransferable):
-                raise PluginError(f"new code of {slot.plugin_id!r} can no longer import state")
-            # Declarative plugins validate inside import_state; their plan() (no decoding, no hashing) is
-            # enough to spot dropped sections first. Other plugins are validated here.
-            plan = getattr(new, "plan", None)
-            validation: StateValidation | None = None
-            if callable(plan):
-                verdicts: dict[str, SectionValidation] = plan(snapshot)
-            else:
-                validation = await new.validate_state(snapshot)
-                verdicts = validation.section_validations
-            lap("validate")
-            declared_before = getattr(old, "sections", None)
-            dropped = sorted(
-                name
-                for name, sv in verdicts.items()
-                if sv.verdict == "unknown" and (not isinstance(declared_before, dict) or name in declared_before)
-            )
-            if dropped and not self.allow_dropped_sections:
-                msg = f"new code no longer declares section(s) {dropped} (allowed by allow_dropped_sections=True)"
-                raise PluginError(msg)
-            if validation is not None and not validation.is_valid:
-                reasons = validation.errors + [f"{n}: {e}" for n, sv in verdicts.items() for e in sv.errors]
-                raise ValidationFailed("; ".join(reasons) or "snapshot invalid for the new code", validation=validation)
-            imported = await new.import_state(snapshot)
-            lap("import")
-            self._emit(slot.plugin_id, "imported", started, ", ".join(imported.imported_sections))
-        await new.on_load()
-        return new, snapshot, imported
+            if slot.gate.closed:
+                raise PluginError(f"plugin {plugin_id!r} was unloaded before its reload could start")
+            return await _Reload(self, slot).run()
 
     # -- watching ---------------------------------------------------------------------------------
     async def watch(self, *, debounce_ms: int = 200, stop_event: asyncio.Event | None = None) -> None:
@@ -434,45 +291,287 @@ class PluginHost:
         Changes are debounced; reloads of one plugin run one at a time; each
         result is logged with :mod:`logging` (logger ``statetransfer.host``).
         """
-        import watchfiles  # noqa: PLC0415 - only hosts that watch need it
+        await watch_sources(self._sources, self.reload, debounce_ms=debounce_ms, stop_event=stop_event)
 
-        dirs = sorted({str(s.source.parent) for s in self._slots.values() if s.source is not None})
-        if not dirs:
-            raise PluginError("no loaded plugin has a source file to watch")
-        log.info("watching %s for plugin source changes", dirs)
-        async for changes in watchfiles.awatch(*dirs, debounce=debounce_ms, stop_event=stop_event):
-            changed = {Path(path).resolve() for _, path in changes}
-            for slot in list(self._slots.values()):
-                sources = {slot.source, *(_module_file(m) for m in slot.extra_modules)}
-                if changed & {s for s in sources if s is not None}:
-                    await self.reload(slot.plugin_id)
+    def _sources(self) -> dict[str, set[Path]]:
+        """Plugin id -> the source files whose change reloads it (its module and ``also_reload`` helpers)."""
+        out: dict[str, set[Path]] = {}
+        for slot in self._slots.values():
+            files = {slot.source, *(module_file(m) for m in slot.extra_modules)}
+            out[slot.plugin_id] = {f for f in files if f is not None}
+        return out
 
 
-def _module_file(name: str) -> Path | None:
-    module = sys.modules.get(name)
-    origin = getattr(module, "__file__", None)
-    return Path(origin).resolve() if origin else None
+@dataclass
+class _Candidate:
+    """The new code, loaded and checked by the preflight."""
+
+    instance: Plugin
+    plan: _handover.HandoverPlan | None
+    loaded: bool = False  # its on_load ran
+
+
+class _Reload:
+    """One reload of one slot, as phase methods; see ``docs/hot-reload.md``.
+
+    Phases: preflight (load, instantiate, plan, ``on_load``; callers are not
+    held) -> pause (quiesce, hand over or export/import) -> commit (the swap)
+    -> resume -> after the commit (old ``on_unload``, checkpoint).
+    """
+
+    def __init__(self, host: PluginHost, slot: _Slot) -> None:
+        self.host = host
+        self.slot = slot
+        self.old: Plugin | None = slot.instance
+        self.started = self.mark = time.perf_counter()
+        self.timings: dict[str, float] = {"pause": 0.0}
+        self.result = ReloadResult(
+            slot.plugin_id, ok=False, rolled_back=False, old_version=slot.instance.metadata.version
+        )
+        names = (*slot.extra_modules, slot.module_name)
+        self.saved: dict[str, types.ModuleType | None] = {name: sys.modules.get(name) for name in names}
+        self.abandoned = threading.Event()  # set when the preflight thread's work is no longer wanted
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.timings[phase] = self.timings.get(phase, 0.0) + now - self.mark
+        self.mark = now
+
+    def emit(self, phase: str, detail: str = "") -> None:
+        self.host._emit(self.slot.plugin_id, phase, self.started, detail)
+
+    async def run(self) -> ReloadResult:
+        self.emit("started")
+        candidate: _Candidate | None = None
+        try:
+            candidate = await self.preflight()
+            await self.switch(candidate)
+        except (Exception, asyncio.CancelledError) as exc:
+            self.roll_back(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                self.finish()
+                raise
+            if candidate is not None and candidate.loaded:
+                await self.host._call_on_unload(candidate.instance, self.slot.plugin_id)
+            return self.finish()
+        try:
+            await self.after_commit()
+        finally:
+            self.finish()
+        return self.result
+
+    # -- preflight: nothing is held ----------------------------------------------------------------
+    async def preflight(self) -> _Candidate:
+        """Load, instantiate and check the new code while the old instance serves."""
+        old = self.slot.instance
+        try:
+            async with asyncio.timeout(self.host.reload_timeout):
+                candidate = await _in_daemon_thread(self.load_new)
+                self.lap("load")
+                self.emit("loaded", candidate.instance.metadata.version)
+                await self.check(old, candidate)
+                self.lap("validate")
+                await candidate.instance.on_load()
+                candidate.loaded = True
+                self.lap("load")
+        except TimeoutError:
+            msg = (
+                f"reload timed out after {self.host.reload_timeout}s before pausing callers (the old code "
+                "serves on; a module or __init__ still running goes on in its thread, which cannot be stopped)"
+            )
+            raise PluginError(msg) from None
+        return candidate
+
+    def load_new(self) -> _Candidate:
+        """Execute the new modules and instantiate the class (in a worker thread)."""
+        slot = self.slot
+        created: dict[str, types.ModuleType] = {}
+        try:
+            for name in (*slot.extra_modules, slot.module_name):
+                if self.abandoned.is_set():
+                    raise PluginError("reload abandoned")
+                created[name] = exec_fresh_module(name)
+            new = instantiate(find_class(created[slot.module_name], slot.class_name), self.host.keyring)
+            if new.metadata.id != slot.plugin_id:
+                raise PluginError(f"reloaded plugin has id {new.metadata.id!r}, expected {slot.plugin_id!r}")
+            plan = None
+            old = slot.instance
+            if isinstance(old, StatefulPlugin) and isinstance(new, StatefulPlugin):
+                before = {name: vars(m) for name, m in self.saved.items() if m is not None}
+                plan = _handover.plan_handover(old, new, before, {name: vars(m) for name, m in created.items()})
+            return _Candidate(new, plan)
+        finally:
+            if self.abandoned.is_set():
+                self.restore_modules(created.values())
+
+    async def check(self, old: Plugin, candidate: _Candidate) -> None:
+        """Refuse new code that cannot take the old state: dropped sections, unreachable schemas."""
+        new = candidate.instance
+        if not isinstance(old, StateTransferable):
+            return
+        if not isinstance(new, StateTransferable):
+            raise PluginError(f"new code of {self.slot.plugin_id!r} can no longer import state")
+        if candidate.plan is not None:
+            _handover.check_plan(candidate.plan, allow_dropped=self.host.allow_dropped_sections)
+            return
+        draft = await old.export_for(StateCreationReason.HOT_RELOAD)
+        validation = await new.validate_state(draft)
+        dropped = sorted(n for n, sv in validation.section_validations.items() if sv.verdict == "unknown")
+        if dropped and not self.host.allow_dropped_sections:
+            msg = f"new code no longer declares section(s) {dropped} (allowed by allow_dropped_sections=True)"
+            raise PluginError(msg)
+        if not validation.is_valid:
+            raise ValidationFailed(_reasons(validation), validation=validation)
+
+    # -- the pause: callers held, ends with the commit ---------------------------------------------
+    async def switch(self, candidate: _Candidate) -> None:
+        """Hold callers, carry the state over, swap (the commit), resume callers."""
+        gate = self.slot.gate
+        new = candidate.instance
+        self.mark = time.perf_counter()
+        gate.pause()
+        try:
+            await gate.quiesce(self.host.quiesce_timeout)
+            self.lap("quiesce")
+            old = self.slot.instance
+            async with contextlib.AsyncExitStack() as held:
+                async with asyncio.timeout(self.host.reload_timeout):
+                    transfer = await self.transfer(old, candidate, held)
+                # From here on: host code only, nothing awaited until callers resume.
+                self.result.import_result = transfer() if transfer is not None else None
+                self.lap("import")
+                self.commit(new)
+        finally:
+            self.timings["pause"] = gate.resume()
+        if self.result.import_result is not None:  # listeners run after callers resumed
+            self.emit("imported", ", ".join(self.result.import_result.imported_sections))
+        self.emit("swapped", self.result.new_version or "")
+
+    async def transfer(
+        self, old: Plugin, candidate: _Candidate, held: contextlib.AsyncExitStack
+    ) -> Callable[[], StateImportResult | None] | None:
+        """Run every step that may fail or run plugin code; returns the host-only step that finishes it."""
+        new = candidate.instance
+        if not (isinstance(old, StateTransferable) and isinstance(new, StateTransferable)):
+            return None
+        plan = candidate.plan
+        if plan is not None and self.host.live_handover:
+            assert isinstance(old, StatefulPlugin) and isinstance(new, StatefulPlugin)  # a plan is made for these only
+            await held.enter_async_context(old.state_lock)
+            await held.enter_async_context(new.state_lock)
+            staged = await _handover.stage(old, new, plan)
+            self.lap("export")
+            self.emit("exported", f"{len(old.sections)} sections handed over")
+            return lambda: _handover.apply(old, new, plan, staged)
+        snapshot = await old.export_for(StateCreationReason.HOT_RELOAD)
+        self.lap("export")
+        self.emit("exported", f"{len(snapshot.sections)} sections")
+        if not isinstance(new, StatefulPlugin):  # declarative plugins validate inside import_state
+            validation = await new.validate_state(snapshot)
+            if not validation.is_valid:
+                raise ValidationFailed(_reasons(validation), validation=validation)
+        imported = await new.import_state(snapshot)
+        return lambda: imported
+
+    def commit(self, new: Plugin) -> None:
+        """The point of no return: the new instance serves from the next call on."""
+        self.slot.instance = new
+        self.result.ok = True
+        self.result.new_version = new.metadata.version
+        self.lap("swap")
+
+    # -- after the commit: callers run again -------------------------------------------------------
+    async def after_commit(self) -> None:
+        """Call the old instance's ``on_unload`` (bounded) and write the checkpoint; neither can undo the swap."""
+        old, self.old = self.old, None  # the host keeps no reference to the old code after this
+        self.saved.clear()
+        if old is not None:
+            await self.host._call_on_unload(old, self.slot.plugin_id)
+            del old
+            self.lap("unload")
+        store, new = self.host.store, self.slot.instance
+        if store is not None and isinstance(new, StateTransferable):
+            try:
+                async with asyncio.timeout(self.host.reload_timeout):
+                    snapshot = await new.export_for(StateCreationReason.CHECKPOINT)
+                    info = await store.put(snapshot)
+                self.result.checkpoint_id = info.id
+            except Exception:
+                log.exception("checkpoint of %r after its reload failed (the new code serves on)", self.slot.plugin_id)
+            self.lap("checkpoint")
+
+    # -- rollback and bookkeeping ------------------------------------------------------------------
+    def roll_back(self, exc: BaseException) -> None:
+        """Before the commit: put the old modules back; the old instance never stopped being current."""
+        self.abandoned.set()
+        self.restore_modules(None)
+        self.result.rolled_back = True
+        self.result.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PluginError) else str(exc)
+        if isinstance(exc, TimeoutError):
+            self.result.error = f"reload timed out after {self.host.reload_timeout}s while callers were held"
+        self.emit("rolled_back", self.result.error)
+
+    def restore_modules(self, only: Iterable[types.ModuleType] | None) -> None:
+        """Point ``sys.modules`` back at the modules saved before the reload (those replaced by ``only``)."""
+        ours = None if only is None else {id(m) for m in only}
+        for name, module in self.saved.items():
+            current = sys.modules.get(name)
+            if module is not None and current is not module and (ours is None or id(current) in ours):
+                sys.modules[name] = module
+
+    def finish(self) -> ReloadResult:
+        self.timings["total"] = time.perf_counter() - self.started
+        self.result.timings = self.timings
+        level = logging.INFO if self.result.ok else logging.WARNING
+        outcome = "ok" if self.result.ok else "rolled back"
+        log.log(level, "reload %r: %s, callers held %.1f ms, total %.1f ms%s", self.slot.plugin_id, outcome,
+                self.timings["pause"] * 1e3, self.timings["total"] * 1e3,
+                f" ({self.result.error})" if self.result.error else "")  # fmt: skip
+        return self.result
+
+
+def _reasons(validation: Any) -> str:
+    reasons = validation.errors + [f"{n}: {e}" for n, sv in validation.section_validations.items() for e in sv.errors]
+    return "; ".join(reasons) or "snapshot invalid for the new code"
+
+
+async def _in_daemon_thread(func: Callable[[], T]) -> T:
+    """``func()`` in a new daemon thread; awaiting it can be cancelled, the thread cannot.
+
+    A daemon thread (not the default executor) so that code that never
+    returns keeps neither the event loop's shutdown nor the interpreter's
+    exit waiting.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    # The thread takes func from one box and leaves its outcome in another, so once func
+    # returned the thread refers to nothing it produced (the old code can be collected).
+    calls: list[Callable[[], T]] = [func]
+    outcomes: list[tuple[T | None, BaseException | None]] = []
+
+    def deliver() -> None:
+        value, error = outcomes.pop()
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(cast(T, value))  # no error: func returned a T
+
+    def work() -> None:
+        call = calls.pop()
+        try:
+            outcomes.append((call(), None))
+        except BaseException as exc:  # handed to the awaiting task
+            outcomes.append((None, exc))
+        del call
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(deliver)
+
+    threading.Thread(target=work, name="statetransfer-preflight", daemon=True).start()
+    return await future
 
 
 async def _export(plugin: StateTransferable, reason: StateCreationReason, **options: Any) -> StateSnapshot:
-    """Export with ``reason`` (and tags, expires_at...) when export_state accepts them (declarative plugins do).
-
-    A hand-written ``export_state()`` without keywords is called as is.
-    """
-    params = inspect.signature(plugin.export_state).parameters
-    if "reason" in params:
-        accepted = {k: v for k, v in options.items() if k in params and v is not None}
-        return await plugin.export_state(reason=reason, **accepted)  # type: ignore[call-arg]
-    return await plugin.export_state()
-
-
-def _as_checkpoint(snapshot: StateSnapshot) -> StateSnapshot:
-    meta = msgspec.structs.replace(snapshot.metadata, reason=StateCreationReason.CHECKPOINT)
-    out = msgspec.structs.replace(snapshot, metadata=meta, signature=None)
-    return msgspec.structs.replace(out, checksum=calculate_checksum(out))
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "reload timed out"
-    return f"{type(exc).__name__}: {exc}"
+    """``plugin.export_for(reason, tags=..., expires_at=...)`` (kept for callers of the former helper)."""
+    return await plugin.export_for(reason, tags=options.get("tags") or (), expires_at=options.get("expires_at"))

@@ -7,7 +7,7 @@ import datetime
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar, overload
+from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 
 import msgspec
 
@@ -227,6 +227,11 @@ class StatefulPlugin(StateTransferable):
             self._state_lock = asyncio.Lock()
         return self._state_lock
 
+    @classmethod
+    def create(cls, *, keyring: Keyring | None = None) -> Self:
+        """``cls(keyring=keyring)``: how a host makes an instance."""
+        return cls(keyring=keyring)
+
     def state_schema_version(self) -> int:
         return type(self).schema_version
 
@@ -264,45 +269,51 @@ class StatefulPlugin(StateTransferable):
         return SectionValidation(not errors, errors, [], "after_migration", walked)
 
     # -- staging (decode + migrate + validate), pure of live state --------------------------------
-    def _stage(self, snapshot: StateSnapshot, stored: StateSection) -> _Staged:
-        sec = self.sections[stored.name]
-        where = sec.name
-        payload = unpack_section(stored, snapshot_id=snapshot.id, plugin_id=snapshot.plugin_id, keyring=self.keyring)
+    def _stage(self, snapshot_id: str, plugin_id: str, stored: StateSection) -> _Staged:
+        payload = unpack_section(stored, snapshot_id=snapshot_id, plugin_id=plugin_id, keyring=self.keyring)
+        codec = self.sections[stored.name].codec
+        return self._stage_payload(stored.name, payload, codec, stored.schema_version, stored.metadata.get("slices"))
+
+    def _stage_payload(
+        self, name: str, payload: bytes | memoryview, codec: str, version: int, slices: str | None = None
+    ) -> _Staged:
+        """Decode ``payload`` (section ``name`` at schema ``version``, encoded with ``codec``), migrate, validate."""
+        sec = self.sections[name]
         warnings: list[str] = []
-        if stored.schema_version == sec.version:
-            value = codecs.decode(payload, sec.type, sec.codec, where=where, slices=stored.metadata.get("slices"))
+        if version == sec.version:
+            value = codecs.decode(payload, sec.type, codec, where=name, slices=slices)
         else:
-            path = find_path(self._steps(sec), stored.schema_version, sec.version)
+            path = find_path(self._steps(sec), version, sec.version)
             if path is None:
-                msg = f"section {where!r}: no migration from {stored.schema_version} to {sec.version}"
-                raise MigrationError(msg, section=sec.name)
-            value = codecs.decode_untyped(payload, sec.codec, where=where)
+                msg = f"section {name!r}: no migration from {version} to {sec.version}"
+                raise MigrationError(msg, section=name)
+            value = codecs.decode_untyped(payload, codec, where=name)
             for step in path:
                 try:
                     value = step.func(value)
                 except Exception as exc:
-                    msg = f"section {where!r}: migration {step.describe()} raised {type(exc).__name__}: {exc}"
-                    raise MigrationError(msg, section=sec.name) from exc
-            value = codecs.convert(value, sec.type, where=where, codec=sec.codec)
-            walked = " -> ".join(str(v) for v in [stored.schema_version, *(s.to_version for s in path)])
-            warnings.append(f"section {where!r} migrated {walked}")
+                    msg = f"section {name!r}: migration {step.describe()} raised {type(exc).__name__}: {exc}"
+                    raise MigrationError(msg, section=name) from exc
+            value = codecs.convert(value, sec.type, where=name, codec=codec)
+            walked = " -> ".join(str(v) for v in [version, *(s.to_version for s in path)])
+            warnings.append(f"section {name!r} migrated {walked}")
         if sec.validator is not None:
             try:
                 problems = list(sec.validator(value) or ())
             except StateTransferError:
                 raise
             except Exception as exc:
-                msg = f"section {where!r} failed validation: {type(exc).__name__}: {exc}"
-                raise EncodingError(msg, path=where) from exc
+                msg = f"section {name!r} failed validation: {type(exc).__name__}: {exc}"
+                raise EncodingError(msg, path=name) from exc
             if problems:
-                msg = f"section {where!r} failed validation: {'; '.join(map(str, problems))}"
-                raise EncodingError(msg, path=where)
-        return _Staged(sec.name, value, warnings)
+                msg = f"section {name!r} failed validation: {'; '.join(map(str, problems))}"
+                raise EncodingError(msg, path=name)
+        return _Staged(name, value, warnings)
 
     async def _stage_async(self, snapshot: StateSnapshot, stored: StateSection) -> _Staged:
         if len(stored.data) >= _THREAD_ABOVE:
-            return await asyncio.to_thread(self._stage, snapshot, stored)
-        return self._stage(snapshot, stored)
+            return await asyncio.to_thread(self._stage, snapshot.id, snapshot.plugin_id, stored)
+        return self._stage(snapshot.id, snapshot.plugin_id, stored)
 
     # -- the trait --------------------------------------------------------------------------------
     async def validate_state(
@@ -383,6 +394,12 @@ class StatefulPlugin(StateTransferable):
             self._preserved = unknown
         imported = [item.name for item in staged]
         return StateImportResult(imported, failed, warnings, datetime.timedelta(seconds=time.perf_counter() - started))
+
+    async def export_for(
+        self, reason: StateCreationReason, *, tags: Iterable[str] = (), expires_at: int | None = None
+    ) -> StateSnapshot:
+        """:meth:`export_state` with ``reason``, ``tags`` and ``expires_at`` recorded in its metadata."""
+        return await self.export_state(reason=reason, tags=tags, expires_at=expires_at)
 
     async def export_state(
         self,

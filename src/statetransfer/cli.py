@@ -67,6 +67,7 @@ from .errors import (
 )
 from .model import StateSnapshot
 from .plugin import StateTransferable
+from .stateful import StatefulPlugin
 from .stores import SnapshotStore, UnreadableEntry, VerifyReport, open_store
 
 __all__ = ["UsageProblem", "exit_code", "main"]
@@ -485,14 +486,11 @@ def validate(snapshot: tuple[str, ...], plugin_spec: str, shallow: bool, as_json
     cls = _load_plugin_class(plugin_spec)
     snap = _snapshot_arg(snapshot)
     keyring = _keyring()
-    try:
-        plugin = cls(keyring=keyring)  # type: ignore[call-arg]
-    except TypeError:
-        plugin = cls()
+    plugin = cls.create(keyring=keyring)
 
     async def check() -> Any:
-        if hasattr(plugin, "plan"):
-            return await plugin.validate_state(snap, deep=not shallow)  # type: ignore[call-arg]
+        if isinstance(plugin, StatefulPlugin):  # declarative plugins can also decode every section
+            return await plugin.validate_state(snap, deep=not shallow)
         return await plugin.validate_state(snap)
 
     v = _run(check())

@@ -1,4 +1,4 @@
-"""The examples run and behave as the reference describes."""
+"""The examples run and behave as their docstrings describe."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _with(snapshot, section):
 
 
 async def test_handwritten_reference_rules():
-    """As in the reference: a too-new config is invalid; bad metrics warn; unknown sections warn."""
+    """A too-new config is invalid; bad metrics warn; unknown sections warn."""
     plugin = HandwrittenPlugin()
     snap = await plugin.export_state()
     too_new = _with(snap, st.StateSection("config", 2, b"{}"))

@@ -1,4 +1,4 @@
-"""Declarative plugins: CONTRACT §5 validation rules, import rules, migrations, concurrency."""
+"""Declarative plugins: validation rules, import rules, migrations, concurrency."""
 
 from __future__ import annotations
 

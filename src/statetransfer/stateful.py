@@ -319,7 +319,7 @@ class StatefulPlugin(StateTransferable):
     async def validate_state(
         self, snapshot: StateSnapshot, *, deep: bool = False, allow_downgrade: bool = False
     ) -> StateValidation:
-        """Validate ``snapshot`` for this plugin (CONTRACT §5 rules).
+        """Validate ``snapshot`` for this plugin (the rules in the README, "Snapshots, validation, scoring").
 
         Args:
             snapshot: the snapshot to check.
@@ -413,7 +413,7 @@ class StatefulPlugin(StateTransferable):
         """A snapshot of the live state: a consistent view, taken while holding :attr:`state_lock`.
 
         Values are encoded under the lock. Dicts and lists of more than
-        ``2 * codecs.SLICE_ITEMS`` items are encoded in slices with the event
+        ``codecs.SLICE_MIN_SLICES * codecs.SLICE_ITEMS`` (262,144) items are encoded in slices with the event
         loop free between them (a 100 MB section does not stall other tasks);
         the lock is held throughout, so changes made under ``state_lock`` are
         never seen half-done — make changes to large sections under the lock.

@@ -29,7 +29,7 @@ from .errors import (
     ValidationFailed,
     WriteFailed,
 )
-from .host import PluginHost, ReloadResult
+from .host import Phase, PluginHost, ReloadEvent, ReloadResult
 from .migrations import migration
 from .model import (
     EncryptionInfo,
@@ -42,6 +42,7 @@ from .model import (
     StateSection,
     StateSnapshot,
     StateValidation,
+    Verdict,
 )
 from .plugin import Plugin, StateTransferable
 from .stateful import Section, StatefulPlugin, transfer_state
@@ -74,11 +75,13 @@ __all__ = [
     "MissingDependency",
     "MissingKey",
     "ObjectInfo",
+    "Phase",
     "Plugin",
     "PluginError",
     "PluginHost",
     "PluginMetadata",
     "PruneReport",
+    "ReloadEvent",
     "ReloadResult",
     "Section",
     "SectionValidation",
@@ -101,6 +104,7 @@ __all__ = [
     "StoreWarning",
     "UnreadableEntry",
     "ValidationFailed",
+    "Verdict",
     "VerifyReport",
     "WriteFailed",
     "backup",

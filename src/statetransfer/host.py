@@ -22,7 +22,7 @@ import types
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import msgspec
 
@@ -47,11 +47,12 @@ from .stateful import StatefulPlugin
 if TYPE_CHECKING:
     from .stores.base import SnapshotStore
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginHost", "ReloadEvent", "ReloadResult"]
+__all__ = ["ENTRY_POINT_GROUP", "Phase", "PluginHost", "ReloadEvent", "ReloadResult"]
 
 log = logging.getLogger("statetransfer.host")
 T = TypeVar("T")
-PHASES = ("started", "loaded", "exported", "imported", "swapped", "rolled_back")
+#: A reload's progress, in order; ``rolled_back`` ends a reload that did not swap.
+Phase = Literal["started", "loaded", "exported", "imported", "swapped", "rolled_back"]
 
 
 class ReloadResult(msgspec.Struct):
@@ -81,7 +82,7 @@ class ReloadEvent(msgspec.Struct, frozen=True):
     ``exported``, ``imported``, ``swapped``, ``rolled_back``."""
 
     plugin_id: str
-    phase: str
+    phase: Phase
     elapsed: float
     detail: str = ""
 
@@ -185,7 +186,7 @@ class PluginHost:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def _emit(self, plugin_id: str, phase: str, started: float, detail: str = "") -> None:
+    def _emit(self, plugin_id: str, phase: Phase, started: float, detail: str = "") -> None:
         event = ReloadEvent(plugin_id, phase, time.perf_counter() - started, detail)
         for listener in list(self._listeners):
             try:
@@ -337,7 +338,7 @@ class _Reload:
         self.timings[phase] = self.timings.get(phase, 0.0) + now - self.mark
         self.mark = now
 
-    def emit(self, phase: str, detail: str = "") -> None:
+    def emit(self, phase: Phase, detail: str = "") -> None:
         self.host._emit(self.slot.plugin_id, phase, self.started, detail)
 
     async def run(self) -> ReloadResult:

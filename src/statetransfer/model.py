@@ -6,7 +6,7 @@ import datetime
 import enum
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -114,6 +114,10 @@ class StateImportResult(msgspec.Struct):
     snapshot_id: str | None = None
 
 
+#: What import would do with a section: take it as it is, migrate it, refuse it, or keep it aside (no such section).
+Verdict = Literal["as_is", "after_migration", "incompatible", "unknown"]
+
+
 class SectionValidation(msgspec.Struct):
     """The verdict on one section of a snapshot.
 
@@ -125,7 +129,7 @@ class SectionValidation(msgspec.Struct):
     is_valid: bool = True
     errors: list[str] = msgspec.field(default_factory=list)
     warnings: list[str] = msgspec.field(default_factory=list)
-    verdict: str = "as_is"
+    verdict: Verdict = "as_is"
     migration_path: list[int] = msgspec.field(default_factory=list)
 
 

@@ -22,6 +22,8 @@ class CallGate:
     def __init__(self, name: str) -> None:
         self.name = name
         self.in_flight = 0
+        #: calls admitted so far (a change counter: no call admitted, no change made through the gate)
+        self.admitted = 0
         self.closed = False
         self._paused_at: float | None = None
         self._idle = asyncio.Event()
@@ -79,6 +81,7 @@ class CallGate:
         if self.closed:
             raise PluginError(f"plugin {self.name!r} was unloaded")
         self.in_flight += 1
+        self.admitted += 1
         self._idle.clear()
         try:
             yield

@@ -38,7 +38,7 @@ from .model import SectionValidation, StateImportResult, StateSection, new_snaps
 from .sections import pack_section
 from .stateful import Section, StatefulPlugin, _Staged
 
-__all__ = ["HandoverPlan", "Staged", "apply", "check_plan", "plan_handover", "stage"]
+__all__ = ["HandoverPlan", "Staged", "apply", "check_plan", "plan_handover", "revert", "stage"]
 
 Rebinder = Callable[[Any], None]
 _GC_FLAG = 1 << 14  # Py_TPFLAGS_HAVE_GC: __class__ assignment needs both classes alike here
@@ -410,6 +410,15 @@ def apply(old: StatefulPlugin, new: StatefulPlugin, plan: HandoverPlan, staged: 
     new._preserved = staged.carried
     warnings = [w for item in staged.sections for w in item.warnings]
     return StateImportResult([*values, *(item.name for item in staged.sections)], [], warnings)
+
+
+def revert(old: StatefulPlugin, plan: HandoverPlan) -> None:
+    """Undo :func:`apply` for ``old``: point its re-pointed values back at the old classes.
+
+    (``apply`` changes nothing else of ``old``: the new instance it filled is dropped.)
+    """
+    for name, unbind in plan.unbind.items():
+        unbind(getattr(old, name))
 
 
 def _pack_dropped(old: StatefulPlugin, name: str) -> tuple[StateSection, str]:

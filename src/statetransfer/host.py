@@ -38,8 +38,9 @@ from ._loading import (
     resolve_spec,
 )
 from ._watching import watch_sources
+from .checksum import section_digest
 from .crypto import Keyring
-from .errors import PluginError, ValidationFailed
+from .errors import InvalidArgument, PluginError, SnapshotNotFound, ValidationFailed
 from .model import StateCreationReason, StateImportResult, StateSnapshot
 from .plugin import Plugin, StateTransferable
 from .stateful import StatefulPlugin
@@ -99,6 +100,13 @@ class _Slot:
     extra_modules: tuple[str, ...]
     gate: CallGate
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: the restore made when it was loaded with ``restore=True`` (None: it started empty)
+    restored: StateImportResult | None = None
+    #: ``gate.admitted`` when the last checkpoint was exported (or the plugin loaded)
+    checkpointed_calls: int = 0
+    #: (schema version, digest) per section of the newest checkpoint written, and its ``created_ns``
+    digests: dict[str, tuple[int, bytes]] | None = None
+    checkpointed_ns: int = 0
 
 
 class PluginHost:
@@ -106,8 +114,15 @@ class PluginHost:
 
     Args:
         keyring: passed to every plugin through :meth:`Plugin.create`.
-        store: where a reload writes a ``CHECKPOINT`` snapshot of the new
-            instance, after callers resumed.
+        store: where checkpoints go (``CHECKPOINT`` snapshots): after each
+            reload, every ``checkpoint_interval`` seconds, and on
+            :meth:`close`; where ``load(..., restore=True)`` restores from.
+        checkpoint_interval: seconds between periodic checkpoints of every
+            loaded plugin (None: none). A plugin no call reached since its
+            last checkpoint is skipped without exporting; one whose export
+            equals the last checkpoint section for section is not written
+            again. The export holds the plugin's state lock; callers are not
+            held while the snapshot is written. Needs ``store``.
         quiesce_timeout: seconds a reload waits for calls in flight before it
             gives up (and rolls back; the calls go on).
         acquire_timeout: seconds a new call waits for a reload to finish
@@ -141,7 +156,15 @@ class PluginHost:
         unload_timeout: float = 10.0,
         allow_dropped_sections: bool = False,
         live_handover: bool = True,
+        checkpoint_interval: float | None = None,
     ) -> None:
+        if checkpoint_interval is not None:
+            if store is None:
+                raise InvalidArgument("checkpoint_interval needs a store to write the checkpoints to")
+            if not checkpoint_interval > 0:
+                msg = f"checkpoint_interval must be a positive number of seconds, got {checkpoint_interval!r}"
+                raise InvalidArgument(msg)
+        self.checkpoint_interval = checkpoint_interval
         self.allow_dropped_sections = allow_dropped_sections
         self.live_handover = live_handover
         self.keyring = keyring
@@ -152,6 +175,9 @@ class PluginHost:
         self.unload_timeout = unload_timeout
         self._slots: dict[str, _Slot] = {}
         self._listeners: list[Callable[[ReloadEvent], object]] = []
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._watch_stops: set[asyncio.Event] = set()
+        self._closing: asyncio.Task[None] | None = None
 
     # -- registry ---------------------------------------------------------------------------------
     @property
@@ -200,15 +226,38 @@ class PluginHost:
                 log.error("reload event listener %r returned an awaitable, which is never awaited", listener)
 
     # -- load / unload ----------------------------------------------------------------------------
-    async def load(self, spec: str, *, also_reload: Iterable[str] = ()) -> Plugin:
+    async def load(
+        self, spec: str, *, restore: bool = False, allow_older: bool = False, also_reload: Iterable[str] = ()
+    ) -> Plugin:
         """Import, instantiate and register a plugin; returns the instance.
 
         Args:
             spec: ``"package.module:ClassName"``, or the name of an entry point
                 in the ``statetransfer.plugins`` group.
+            restore: start from the newest snapshot of the plugin's id in the
+                host's store, migrated as the code needs, imported after
+                ``on_load`` and before the plugin serves (see
+                :func:`statetransfer.restore`). With no snapshot the plugin
+                starts empty, and says so: a warning is logged and
+                :meth:`restore_result` returns None.
+            allow_older: with ``restore``, restore the newest *readable*
+                snapshot when the newest one is damaged (else the load fails
+                with :class:`CorruptSnapshot`).
             also_reload: further modules (e.g. the plugin's helpers) to
-                re-execute from source, before the plugin's module, on each reload.
+                re-execute from source, before the plugin's module, on each
+                reload; :meth:`watch` reloads the plugin when their files change too.
+
+        Raises:
+            PluginError: the code cannot be loaded, a plugin of that id is
+                loaded already, or the host is closed.
+            InvalidArgument: ``restore`` without a store.
+            CorruptSnapshot / ValidationFailed / ImportFailed: the restore
+                failed (the plugin is not loaded).
         """
+        if self._closing is not None:
+            raise PluginError("the host is closed")
+        if restore and self.store is None:
+            raise InvalidArgument("load(..., restore=True) needs a host made with a store")
         module_name, class_name = parse_spec(resolve_spec(spec))
         extra = tuple(also_reload)
         module = sys.modules.get(module_name)
@@ -223,9 +272,43 @@ class PluginHost:
         origin = getattr(module, "__file__", None)
         source = Path(origin).resolve() if origin else None
         await instance.on_load()
-        self._slots[plugin_id] = _Slot(plugin_id, instance, module_name, class_name, source, extra, CallGate(plugin_id))
+        slot = _Slot(plugin_id, instance, module_name, class_name, source, extra, CallGate(plugin_id))
+        if restore:
+            try:
+                slot.restored = await self._restore(instance, allow_older=allow_older)
+            except BaseException:
+                await self._call_on_unload(instance, plugin_id)
+                raise
+        if plugin_id in self._slots:
+            await self._call_on_unload(instance, plugin_id)
+            raise PluginError(f"a plugin with id {plugin_id!r} is already loaded; unload it first")
+        self._slots[plugin_id] = slot
         log.info("loaded plugin %r (%s) from %s", plugin_id, instance.metadata.version, spec)
+        if self.checkpoint_interval is not None and self._checkpointer is None:
+            self._checkpointer = asyncio.get_running_loop().create_task(self._checkpoint_loop(self.checkpoint_interval))
         return instance
+
+    async def _restore(self, instance: Plugin, *, allow_older: bool) -> StateImportResult | None:
+        """Import the newest snapshot of ``instance``'s id from the store; None (and a warning) when there is none."""
+        from .backup import restore  # noqa: PLC0415 - backup imports this module
+
+        assert self.store is not None  # checked by load
+        plugin_id = instance.metadata.id
+        if not isinstance(instance, StateTransferable):
+            raise PluginError(f"plugin {plugin_id!r} cannot import state, so it cannot be restored")
+        try:
+            result = await restore(instance, self.store, allow_older=allow_older)
+        except SnapshotNotFound as exc:
+            log.warning("restoring %r: %s; it starts empty", plugin_id, exc)
+            return None
+        log.info("restored %r from snapshot %s", plugin_id, result.snapshot_id)
+        return result
+
+    def restore_result(self, plugin_id: str) -> StateImportResult | None:
+        """How ``plugin_id`` was restored by ``load(..., restore=True)``: the import result
+        (its ``snapshot_id`` names the snapshot), or None when there was nothing to restore
+        and it started empty (or it was loaded without ``restore``)."""
+        return self._slot(plugin_id).restored
 
     async def unload(self, plugin_id: str) -> None:
         """Stop admitting calls, wait for those in flight, drop the plugin, then call its ``on_unload``.
@@ -246,6 +329,106 @@ class PluginHost:
             slot.gate.close()
             del self._slots[plugin_id]
         await self._call_on_unload(slot.instance, plugin_id)
+
+    async def close(self) -> None:
+        """Stop watching and checkpointing, write a final checkpoint of each plugin, unload them all.
+
+        Each plugin's new callers are held and its calls in flight awaited (up
+        to ``quiesce_timeout``; then it is closed with them running), so the
+        final checkpoint has every change acknowledged before it; it is
+        written when the host has a store and the state differs from the last
+        checkpoint. Later calls get :class:`PluginError`. Calling ``close``
+        again (or concurrently) waits for the first and does nothing more.
+        Failures are logged, never raised: closing always completes.
+        """
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        for stop in list(self._watch_stops):
+            stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+        for slot in reversed(_dependency_order(list(self._slots.values()))):
+            await self._close_slot(slot)
+
+    async def _close_slot(self, slot: _Slot) -> None:
+        snapshot: StateSnapshot | None = None
+        async with slot.reload_lock:
+            if slot.gate.closed:
+                return
+            slot.gate.pause()
+            try:
+                await slot.gate.quiesce(self.quiesce_timeout)
+            except PluginError as exc:
+                log.warning("closing %r with calls still running: %s", slot.plugin_id, exc)
+            try:
+                snapshot = await self._export_checkpoint(slot)
+            except Exception:
+                log.exception("final checkpoint of %r failed", slot.plugin_id)
+            slot.gate.close()
+            self._slots.pop(slot.plugin_id, None)
+        if snapshot is not None:
+            await self._write_checkpoint(slot, snapshot, always=False)
+        await self._call_on_unload(slot.instance, slot.plugin_id)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    async def checkpoint(self) -> dict[str, str | None]:
+        """Checkpoint every loaded plugin now, as the periodic checkpoints do.
+
+        Returns:
+            Plugin id -> the id of the snapshot written, or None when it was
+            skipped (no change since the last checkpoint, or no store).
+        """
+        return {slot.plugin_id: await self._checkpoint(slot) for slot in list(self._slots.values())}
+
+    async def _checkpoint_loop(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            due = max(due + interval, loop.time())  # a late tick is not made up for by a burst
+            for slot in list(self._slots.values()):
+                try:
+                    await self._checkpoint(slot)
+                except Exception:
+                    log.exception("periodic checkpoint of %r failed (the next one tries again)", slot.plugin_id)
+
+    async def _checkpoint(self, slot: _Slot) -> str | None:
+        """One periodic checkpoint of ``slot``: skipped with no call since the last one, or no change."""
+        if self.store is None or slot.gate.admitted == slot.checkpointed_calls:
+            return None
+        async with slot.reload_lock:  # exports the instance serving, never one being swapped out
+            if slot.gate.closed:
+                return None
+            snapshot = await self._export_checkpoint(slot)
+        return None if snapshot is None else await self._write_checkpoint(slot, snapshot, always=False)
+
+    async def _export_checkpoint(self, slot: _Slot) -> StateSnapshot | None:
+        """A ``CHECKPOINT`` export of the serving instance (the caller holds ``slot.reload_lock``)."""
+        instance = slot.instance
+        if self.store is None or not isinstance(instance, StateTransferable):
+            return None
+        calls = slot.gate.admitted
+        async with asyncio.timeout(self.reload_timeout):
+            snapshot = await instance.export_for(StateCreationReason.CHECKPOINT)
+        slot.checkpointed_calls = calls
+        return snapshot
+
+    async def _write_checkpoint(self, slot: _Slot, snapshot: StateSnapshot, *, always: bool) -> str | None:
+        """Put ``snapshot`` into the store unless its sections equal the last checkpoint's (``always``: put anyway)."""
+        assert self.store is not None
+        digests = await _section_digests(snapshot)
+        if not always and digests == slot.digests:
+            return None
+        async with asyncio.timeout(self.reload_timeout):
+            info = await self.store.put(snapshot)
+        if snapshot.created_ns >= slot.checkpointed_ns:
+            slot.digests, slot.checkpointed_ns = digests, snapshot.created_ns
+        return info.id
 
     async def _call_on_unload(self, instance: Plugin, plugin_id: str) -> None:
         """``instance.on_unload()``, bounded by ``unload_timeout``; failures are logged, never raised."""
@@ -279,11 +462,34 @@ class PluginHost:
         Raises:
             PluginError: no such plugin, or it was unloaded while this reload waited its turn.
         """
-        slot = self._slot(plugin_id)
-        async with slot.reload_lock:
-            if slot.gate.closed:
-                raise PluginError(f"plugin {plugin_id!r} was unloaded before its reload could start")
-            return await _Reload(self, slot).run()
+        return (await self.reload_many([plugin_id]))[0]
+
+    async def reload_many(self, plugin_ids: Iterable[str]) -> list[ReloadResult]:
+        """Replace several plugins' code as one unit: every plugin swaps, or none does.
+
+        The phases of :meth:`reload` run for all of them together: each
+        preflight (while the old code serves), then all their callers are held
+        and their calls in flight awaited, every handover is staged, and the
+        swaps happen at one point with nothing awaited in between. Plugins
+        that declare ``depends_on`` are prepared and handed over after the
+        plugins they depend on. Any failure rolls every plugin back: each old
+        instance serves on with its state exactly as it was, and each result
+        says why (``rolled_back``, ``error``).
+
+        Returns:
+            One result per plugin, in dependency order.
+
+        Raises:
+            PluginError: an id is not loaded, was unloaded meanwhile, or the
+                declared dependencies form a cycle (nothing was changed).
+        """
+        slots = _dependency_order([self._slot(i) for i in dict.fromkeys(plugin_ids)])
+        async with contextlib.AsyncExitStack() as locks:
+            for slot in sorted(slots, key=lambda s: s.plugin_id):  # one order for every caller: no deadlock
+                await locks.enter_async_context(slot.reload_lock)
+                if slot.gate.closed:
+                    raise PluginError(f"plugin {slot.plugin_id!r} was unloaded before its reload could start")
+            return await _Release(self, [_Reload(self, slot) for slot in slots]).run()
 
     # -- watching ---------------------------------------------------------------------------------
     async def watch(self, *, debounce_ms: int = 200, stop_event: asyncio.Event | None = None) -> None:
@@ -291,8 +497,18 @@ class PluginHost:
 
         Changes are debounced; reloads of one plugin run one at a time; each
         result is logged with :mod:`logging` (logger ``statetransfer.host``).
+        :meth:`close` stops it too.
         """
-        await watch_sources(self._sources, self.reload, debounce_ms=debounce_ms, stop_event=stop_event)
+        stop = asyncio.Event()
+        relay = None if stop_event is None else asyncio.get_running_loop().create_task(_relay(stop_event, stop))
+        self._watch_stops.add(stop)
+        try:
+            if self._closing is None:
+                await watch_sources(self._sources, self.reload, debounce_ms=debounce_ms, stop_event=stop)
+        finally:
+            self._watch_stops.discard(stop)
+            if relay is not None:
+                relay.cancel()
 
     def _sources(self) -> dict[str, set[Path]]:
         """Plugin id -> the source files whose change reloads it (its module and ``also_reload`` helpers)."""
@@ -332,6 +548,7 @@ class _Reload:
         names = (*slot.extra_modules, slot.module_name)
         self.saved: dict[str, types.ModuleType | None] = {name: sys.modules.get(name) for name in names}
         self.abandoned = threading.Event()  # set when the preflight thread's work is no longer wanted
+        self.undo: Callable[[], None] | None = None  # reverses what the host-only handover step did
 
     def lap(self, phase: str) -> None:
         now = time.perf_counter()
@@ -340,26 +557,6 @@ class _Reload:
 
     def emit(self, phase: Phase, detail: str = "") -> None:
         self.host._emit(self.slot.plugin_id, phase, self.started, detail)
-
-    async def run(self) -> ReloadResult:
-        self.emit("started")
-        candidate: _Candidate | None = None
-        try:
-            candidate = await self.preflight()
-            await self.switch(candidate)
-        except (Exception, asyncio.CancelledError) as exc:
-            self.roll_back(exc)
-            if isinstance(exc, asyncio.CancelledError):
-                self.finish()
-                raise
-            if candidate is not None and candidate.loaded:
-                await self.host._call_on_unload(candidate.instance, self.slot.plugin_id)
-            return self.finish()
-        try:
-            await self.after_commit()
-        finally:
-            self.finish()
-        return self.result
 
     # -- preflight: nothing is held ----------------------------------------------------------------
     async def preflight(self) -> _Candidate:
@@ -424,30 +621,7 @@ class _Reload:
         if not validation.is_valid:
             raise ValidationFailed(_reasons(validation), validation=validation)
 
-    # -- the pause: callers held, ends with the commit ---------------------------------------------
-    async def switch(self, candidate: _Candidate) -> None:
-        """Hold callers, carry the state over, swap (the commit), resume callers."""
-        gate = self.slot.gate
-        new = candidate.instance
-        self.mark = time.perf_counter()
-        gate.pause()
-        try:
-            await gate.quiesce(self.host.quiesce_timeout)
-            self.lap("quiesce")
-            old = self.slot.instance
-            async with contextlib.AsyncExitStack() as held:
-                async with asyncio.timeout(self.host.reload_timeout):
-                    transfer = await self.transfer(old, candidate, held)
-                # From here on: host code only, nothing awaited until callers resume.
-                self.result.import_result = transfer() if transfer is not None else None
-                self.lap("import")
-                self.commit(new)
-        finally:
-            self.timings["pause"] = gate.resume()
-        if self.result.import_result is not None:  # listeners run after callers resumed
-            self.emit("imported", ", ".join(self.result.import_result.imported_sections))
-        self.emit("swapped", self.result.new_version or "")
-
+    # -- the pause: callers held (see _Release.switch) -------------------------------------------
     async def transfer(
         self, old: Plugin, candidate: _Candidate, held: contextlib.AsyncExitStack
     ) -> Callable[[], StateImportResult | None] | None:
@@ -463,6 +637,7 @@ class _Reload:
             staged = await _handover.stage(old, new, plan)
             self.lap("export")
             self.emit("exported", f"{len(old.sections)} sections handed over")
+            self.undo = lambda: _handover.revert(old, plan)
             return lambda: _handover.apply(old, new, plan, staged)
         snapshot = await old.export_for(StateCreationReason.HOT_RELOAD)
         self.lap("export")
@@ -490,13 +665,11 @@ class _Reload:
             await self.host._call_on_unload(old, self.slot.plugin_id)
             del old
             self.lap("unload")
-        store, new = self.host.store, self.slot.instance
-        if store is not None and isinstance(new, StateTransferable):
+        if self.host.store is not None and isinstance(self.slot.instance, StateTransferable):
             try:
-                async with asyncio.timeout(self.host.reload_timeout):
-                    snapshot = await new.export_for(StateCreationReason.CHECKPOINT)
-                    info = await store.put(snapshot)
-                self.result.checkpoint_id = info.id
+                snapshot = await self.host._export_checkpoint(self.slot)
+                if snapshot is not None:
+                    self.result.checkpoint_id = await self.host._write_checkpoint(self.slot, snapshot, always=True)
             except Exception:
                 log.exception("checkpoint of %r after its reload failed (the new code serves on)", self.slot.plugin_id)
             self.lap("checkpoint")
@@ -507,10 +680,14 @@ class _Reload:
         self.abandoned.set()
         self.restore_modules(None)
         self.result.rolled_back = True
-        self.result.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, PluginError) else str(exc)
-        if isinstance(exc, TimeoutError):
-            self.result.error = f"reload timed out after {self.host.reload_timeout}s while callers were held"
+        self.result.error = self.describe(exc)
         self.emit("rolled_back", self.result.error)
+
+    def describe(self, exc: BaseException) -> str:
+        """What a failure of this reload is reported as."""
+        if isinstance(exc, TimeoutError):
+            return f"reload timed out after {self.host.reload_timeout}s while callers were held"
+        return f"{type(exc).__name__}: {exc}" if not isinstance(exc, PluginError) else str(exc)
 
     def restore_modules(self, only: Iterable[types.ModuleType] | None) -> None:
         """Point ``sys.modules`` back at the modules saved before the reload (those replaced by ``only``)."""
@@ -531,9 +708,142 @@ class _Reload:
         return self.result
 
 
+class _Release:
+    """Reloads of one or more plugins carried out as one unit: all swap, or none does.
+
+    Each plugin's preflight runs in turn (dependencies first); then every
+    gate is paused, every call in flight awaited and every handover staged;
+    the host-only steps and the swaps follow with nothing awaited in between.
+    A failure anywhere rolls them all back.
+    """
+
+    def __init__(self, host: PluginHost, reloads: list[_Reload]) -> None:
+        self.host = host
+        self.reloads = reloads
+        self.culprit: _Reload | None = None  # the reload whose step failed
+
+    async def run(self) -> list[ReloadResult]:
+        for reload in self.reloads:
+            reload.emit("started")
+        candidates: list[_Candidate] = []
+        try:
+            for reload in self.reloads:
+                self.culprit = reload
+                candidates.append(await reload.preflight())
+            await self.switch(candidates)
+        except (Exception, asyncio.CancelledError) as exc:
+            self.roll_back(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                self.finish()
+                raise
+            for reload, candidate in zip(self.reloads, candidates, strict=False):
+                if candidate.loaded:
+                    await self.host._call_on_unload(candidate.instance, reload.slot.plugin_id)
+            return self.finish()
+        try:
+            for reload in self.reloads:
+                await reload.after_commit()
+        finally:
+            results = self.finish()
+        return results
+
+    async def switch(self, candidates: list[_Candidate]) -> None:
+        """Hold every plugin's callers, stage every handover, then swap them all (the commit), resume callers."""
+        paused = time.perf_counter()
+        for reload in self.reloads:
+            reload.mark = paused
+            reload.slot.gate.pause()
+        try:
+            deadline = paused + self.host.quiesce_timeout
+            for reload in self.reloads:
+                self.culprit = reload
+                await reload.slot.gate.quiesce(max(0.0, deadline - time.perf_counter()))
+                reload.lap("quiesce")
+            async with contextlib.AsyncExitStack() as held:
+                finishers = []
+                async with asyncio.timeout(self.host.reload_timeout):
+                    for reload, candidate in zip(self.reloads, candidates, strict=True):
+                        self.culprit = reload
+                        reload.mark = time.perf_counter()
+                        finishers.append(await reload.transfer(reload.slot.instance, candidate, held))
+                # From here on: host code only, nothing awaited until callers resume.
+                done: list[_Reload] = []
+                try:
+                    for reload, finish in zip(self.reloads, finishers, strict=True):
+                        self.culprit = reload
+                        reload.mark = time.perf_counter()
+                        reload.result.import_result = finish() if finish is not None else None
+                        done.append(reload)
+                        reload.lap("import")
+                except BaseException:
+                    for reload in reversed(done):
+                        if reload.undo is not None:
+                            reload.undo()
+                    raise
+                for reload, candidate in zip(self.reloads, candidates, strict=True):
+                    reload.commit(candidate.instance)
+        finally:
+            for reload in self.reloads:
+                reload.timings["pause"] = reload.slot.gate.resume()
+        for reload in self.reloads:  # listeners run after callers resumed
+            if reload.result.import_result is not None:
+                reload.emit("imported", ", ".join(reload.result.import_result.imported_sections))
+            reload.emit("swapped", reload.result.new_version or "")
+
+    def roll_back(self, exc: BaseException) -> None:
+        """Before the commit: every plugin keeps its old instance; the one that failed says why, the others name it."""
+        culprit = self.culprit
+        for reload in reversed(self.reloads):
+            if culprit is None or reload is culprit or isinstance(exc, asyncio.CancelledError):
+                reload.roll_back(exc)
+            else:
+                why = culprit.describe(exc)
+                reload.roll_back(PluginError(f"rolled back with {culprit.slot.plugin_id!r}, which failed: {why}"))
+
+    def finish(self) -> list[ReloadResult]:
+        return [reload.finish() for reload in self.reloads]
+
+
+def _dependency_order(slots: list[_Slot]) -> list[_Slot]:
+    """``slots`` ordered so that each comes after those it ``depends_on`` (ties: by id).
+
+    Raises:
+        PluginError: the declared dependencies among ``slots`` form a cycle.
+    """
+    by_id = {slot.plugin_id: slot for slot in slots}
+    needs = {pid: {d for d in type(slot.instance).depends_on if d in by_id and d != pid} for pid, slot in by_id.items()}
+    ordered: list[_Slot] = []
+    while needs:
+        ready = sorted(pid for pid, deps in needs.items() if not deps)
+        if not ready:
+            raise PluginError(f"plugins {sorted(needs)} declare dependencies (depends_on) that form a cycle")
+        for pid in ready:
+            ordered.append(by_id[pid])
+            del needs[pid]
+        for deps in needs.values():
+            deps.difference_update(ready)
+    return ordered
+
+
 def _reasons(validation: Any) -> str:
     reasons = validation.errors + [f"{n}: {e}" for n, sv in validation.section_validations.items() for e in sv.errors]
     return "; ".join(reasons) or "snapshot invalid for the new code"
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _section_digests(snapshot: StateSnapshot) -> dict[str, tuple[int, bytes]]:
+    """(schema version, digest of the stored bytes) per section; large ones hashed in a worker thread."""
+
+    def digests() -> dict[str, tuple[int, bytes]]:
+        return {n: (s.schema_version, section_digest(s.data)) for n, s in snapshot.sections.items()}
+
+    if sum(len(s.data) for s in snapshot.sections.values()) >= 1 << 20:
+        return await asyncio.to_thread(digests)
+    return digests()
 
 
 async def _in_daemon_thread(func: Callable[[], T]) -> T:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import msgspec
 
@@ -33,6 +33,9 @@ class Plugin:
     """
 
     metadata: PluginMetadata
+    #: Ids of plugins this one depends on: :meth:`PluginHost.reload_many` prepares and hands
+    #: over those first (dependencies outside the reloaded set are ignored).
+    depends_on: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def create(cls, *, keyring: Keyring | None = None) -> Self:

@@ -428,3 +428,22 @@ async def test_dependency_cycles_are_refused_before_anything_runs(modules):
     with pytest.raises(st.PluginError, match="cycle"):
         await host.reload_many(["a", "b"])
     assert (await served(host))["a"][0] == "1.0.0"
+
+
+async def test_reloading_to_older_schema_versions_is_refused_with_the_reason(modules):
+    """Older code (lower section versions) needs the serving code to convert its state down first."""
+    name = modules(release_module("a", "2.0.0", items_version=2, body=UPGRADE_STEP))
+    host = st.PluginHost()
+    plugin = await host.load(f"{name}:P")
+    plugin.items = {"x": 1}
+    modules(release_module("a", "1.0.0"), name=name)
+    result = await host.reload("a")
+    assert result.rolled_back and "older schema versions (items 2 -> 1)" in (result.error or "")
+    assert await served(host) == {"a": ("2.0.0", {"x": 1})}
+
+
+UPGRADE_STEP = """
+    @items.migration(from_version=1)
+    def up(old):
+        return old
+"""

@@ -57,7 +57,7 @@ Phase = Literal["started", "loaded", "exported", "imported", "swapped", "rolled_
 
 
 class ReloadResult(msgspec.Struct):
-    """The outcome of one :meth:`PluginHost.reload`.
+    """The outcome of one plugin's :meth:`PluginHost.reload` (or its part of :meth:`PluginHost.reload_many`).
 
     ``timings`` holds seconds per phase: ``load`` and ``validate`` (the
     preflight, while the old code serves), ``quiesce``, ``export``,
@@ -609,6 +609,16 @@ class _Reload:
             return
         if not isinstance(new, StateTransferable):
             raise PluginError(f"new code of {self.slot.plugin_id!r} can no longer import state")
+        lowered = _lowered_sections(old, new)
+        if lowered:
+            # Reloading to older code: the code serving now must convert its state down before the
+            # older code imports it (downgrade steps, exported with export_state(target_versions=...)).
+            # TODO(releases): export_state has no target_versions on this branch yet; once it does,
+            # export with target_versions={name: new version} here and in transfer() instead of refusing.
+            steps = ", ".join(f"{name} {a} -> {b}" for name, (a, b) in sorted(lowered.items()))
+            msg = (f"new code of {self.slot.plugin_id!r} declares older schema versions ({steps}); going back "
+                   "needs the state converted down by the code serving now, which this host cannot do yet")  # fmt: skip
+            raise PluginError(msg)
         if candidate.plan is not None:
             _handover.check_plan(candidate.plan, allow_dropped=self.host.allow_dropped_sections)
             return
@@ -802,6 +812,17 @@ class _Release:
 
     def finish(self) -> list[ReloadResult]:
         return [reload.finish() for reload in self.reloads]
+
+
+def _lowered_sections(old: Plugin, new: Plugin) -> dict[str, tuple[int, int]]:
+    """Section name -> (serving version, new version) for each section the new code declares at a lower version."""
+    if not (isinstance(old, StatefulPlugin) and isinstance(new, StatefulPlugin)):
+        return {}
+    return {
+        name: (sec.version, new.sections[name].version)
+        for name, sec in old.sections.items()
+        if name in new.sections and new.sections[name].version < sec.version
+    }
 
 
 def _dependency_order(slots: list[_Slot]) -> list[_Slot]:

@@ -52,6 +52,7 @@ __all__ = ["ENTRY_POINT_GROUP", "Phase", "PluginHost", "ReloadEvent", "ReloadRes
 
 log = logging.getLogger("statetransfer.host")
 T = TypeVar("T")
+K = TypeVar("K")
 #: A reload's progress, in order; ``rolled_back`` ends a reload that did not swap.
 Phase = Literal["started", "loaded", "exported", "imported", "swapped", "rolled_back"]
 
@@ -352,7 +353,7 @@ class PluginHost:
             self._checkpointer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpointer
-        for slot in reversed(_dependency_order(list(self._slots.values()))):
+        for slot in reversed(_dependency_order(list(self._slots.values()), lambda slot: slot.instance)):
             await self._close_slot(slot)
 
     async def _close_slot(self, slot: _Slot) -> None:
@@ -470,9 +471,10 @@ class PluginHost:
         The phases of :meth:`reload` run for all of them together: each
         preflight (while the old code serves), then all their callers are held
         and their calls in flight awaited, every handover is staged, and the
-        swaps happen at one point with nothing awaited in between. Plugins
-        that declare ``depends_on`` are prepared and handed over after the
-        plugins they depend on. Any failure rolls every plugin back: each old
+        swaps happen at one point with nothing awaited in between. A plugin
+        that declares ``depends_on`` is prepared after the plugins it depends
+        on (as the serving code declares them) and handed over after them (as
+        the new code declares them). Any failure rolls every plugin back: each old
         instance serves on with its state exactly as it was, and each result
         says why (``rolled_back``, ``error``).
 
@@ -481,9 +483,10 @@ class PluginHost:
 
         Raises:
             PluginError: an id is not loaded, was unloaded meanwhile, or the
-                declared dependencies form a cycle (nothing was changed).
+                serving code's declared dependencies form a cycle (nothing was
+                changed; a cycle in the new code's rolls every plugin back).
         """
-        slots = _dependency_order([self._slot(i) for i in dict.fromkeys(plugin_ids)])
+        slots = _dependency_order([self._slot(i) for i in dict.fromkeys(plugin_ids)], lambda slot: slot.instance)
         async with contextlib.AsyncExitStack() as locks:
             for slot in sorted(slots, key=lambda s: s.plugin_id):  # one order for every caller: no deadlock
                 await locks.enter_async_context(slot.reload_lock)
@@ -740,6 +743,8 @@ class _Release:
             for reload in self.reloads:
                 self.culprit = reload
                 candidates.append(await reload.preflight())
+            self.culprit = None
+            self.reorder(candidates)
             await self.switch(candidates)
         except (Exception, asyncio.CancelledError) as exc:
             self.roll_back(exc)
@@ -756,6 +761,12 @@ class _Release:
         finally:
             results = self.finish()
         return results
+
+    def reorder(self, candidates: list[_Candidate]) -> None:
+        """Put the reloads (and ``candidates``) in the dependency order the new code declares."""
+        pairs = _dependency_order(list(zip(self.reloads, candidates, strict=True)), lambda pair: pair[1].instance)
+        self.reloads[:] = [reload for reload, _ in pairs]
+        candidates[:] = [candidate for _, candidate in pairs]
 
     async def switch(self, candidates: list[_Candidate]) -> None:
         """Hold every plugin's callers, stage every handover, then swap them all (the commit), resume callers."""
@@ -825,15 +836,15 @@ def _lowered_sections(old: Plugin, new: Plugin) -> dict[str, tuple[int, int]]:
     }
 
 
-def _dependency_order(slots: list[_Slot]) -> list[_Slot]:
-    """``slots`` ordered so that each comes after those it ``depends_on`` (ties: by id).
+def _dependency_order(items: list[K], plugin: Callable[[K], Plugin]) -> list[K]:
+    """``items`` ordered so that each comes after those its plugin ``depends_on`` (ties: by plugin id).
 
     Raises:
-        PluginError: the declared dependencies among ``slots`` form a cycle.
+        PluginError: the declared dependencies among ``items`` form a cycle.
     """
-    by_id = {slot.plugin_id: slot for slot in slots}
-    needs = {pid: {d for d in type(slot.instance).depends_on if d in by_id and d != pid} for pid, slot in by_id.items()}
-    ordered: list[_Slot] = []
+    by_id = {plugin(item).metadata.id: item for item in items}
+    needs = {pid: {d for d in type(plugin(item)).depends_on if d in by_id and d != pid} for pid, item in by_id.items()}
+    ordered: list[K] = []
     while needs:
         ready = sorted(pid for pid, deps in needs.items() if not deps)
         if not ready:

@@ -164,7 +164,9 @@ async def test_load_with_restore_starts_from_the_newest_snapshot(modules):
         assert notes.items == {"k": "2"} and notes.hits == 2
     result = host.restore_result("notes")
     assert result is not None and result.snapshot_id == (await store.list(plugin_id="notes"))[0].id
+    assert await host.checkpoint() == {"notes": None}  # a call that changed nothing: the restored one stands
     await host.close()
+    assert len(await store.list(plugin_id="notes")) == 1  # nor is it written again on close
 
 
 async def test_load_with_restore_and_no_snapshot_starts_empty_and_says_so(modules, caplog):

@@ -277,6 +277,7 @@ class PluginHost:
         if restore:
             try:
                 slot.restored = await self._restore(instance, allow_older=allow_older)
+                await self._seed_checkpoint(slot)
             except BaseException:
                 await self._call_on_unload(instance, plugin_id)
                 raise
@@ -304,6 +305,19 @@ class PluginHost:
             return None
         log.info("restored %r from snapshot %s", plugin_id, result.snapshot_id)
         return result
+
+    async def _seed_checkpoint(self, slot: _Slot) -> None:
+        """Count the snapshot just restored as ``slot``'s last checkpoint: an unchanged state is not written again."""
+        restored = slot.restored
+        if self.store is None or restored is None or restored.snapshot_id is None or restored.failed_sections:
+            return
+        try:
+            header = await self.store._header(restored.snapshot_id)
+        except Exception:  # only an optimisation: the next checkpoint is then written
+            log.debug("cannot read the header of restored snapshot %s", restored.snapshot_id, exc_info=True)
+            return
+        slot.digests = {sh.name: (sh.schema_version, sh.digest) for sh in header.sections}
+        slot.checkpointed_ns = header.created_ns
 
     def restore_result(self, plugin_id: str) -> StateImportResult | None:
         """How ``plugin_id`` was restored by ``load(..., restore=True)``: the import result

@@ -55,7 +55,7 @@ T = TypeVar("T")
 Phase = Literal["started", "loaded", "exported", "imported", "swapped", "rolled_back"]
 
 
-class ReloadResult(msgspec.Struct):
+class ReloadResult(msgspec.Struct, kw_only=True):
     """The outcome of one :meth:`PluginHost.reload`.
 
     ``timings`` holds seconds per phase: ``load`` and ``validate`` (the
@@ -77,7 +77,7 @@ class ReloadResult(msgspec.Struct):
     checkpoint_id: str | None = None
 
 
-class ReloadEvent(msgspec.Struct, frozen=True):
+class ReloadEvent(msgspec.Struct, frozen=True, kw_only=True):
     """A progress event of a reload: ``phase`` is one of ``started``, ``loaded``,
     ``exported``, ``imported``, ``swapped``, ``rolled_back``."""
 
@@ -187,7 +187,7 @@ class PluginHost:
         return lambda: self._listeners.remove(listener)
 
     def _emit(self, plugin_id: str, phase: Phase, started: float, detail: str = "") -> None:
-        event = ReloadEvent(plugin_id, phase, time.perf_counter() - started, detail)
+        event = ReloadEvent(plugin_id=plugin_id, phase=phase, elapsed=time.perf_counter() - started, detail=detail)
         for listener in list(self._listeners):
             try:
                 outcome = listener(event)
@@ -327,7 +327,7 @@ class _Reload:
         self.started = self.mark = time.perf_counter()
         self.timings: dict[str, float] = {"pause": 0.0}
         self.result = ReloadResult(
-            slot.plugin_id, ok=False, rolled_back=False, old_version=slot.instance.metadata.version
+            plugin_id=slot.plugin_id, ok=False, rolled_back=False, old_version=slot.instance.metadata.version
         )
         names = (*slot.extra_modules, slot.module_name)
         self.saved: dict[str, types.ModuleType | None] = {name: sys.modules.get(name) for name in names}

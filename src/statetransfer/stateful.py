@@ -249,13 +249,15 @@ class StatefulPlugin(StateTransferable):
         sec = self.sections.get(stored.name)
         if sec is None:
             warning = f"section {stored.name!r} is unknown to {self.metadata.id!r}; kept unchanged for the next export"
-            return SectionValidation(True, [], [warning], "unknown", [])
+            return SectionValidation(warnings=[warning], verdict="unknown")
         errors: list[str] = []
         enc = stored.encryption
         if enc is not None and (self.keyring is None or enc.key_id not in self.keyring):
             errors.append(f"section {stored.name!r} is encrypted with key {enc.key_id!r}, which the keyring lacks")
         if stored.schema_version == sec.version:
-            return SectionValidation(not errors, errors, [], "as_is" if not errors else "incompatible", [])
+            return SectionValidation(
+                is_valid=not errors, errors=errors, verdict="as_is" if not errors else "incompatible"
+            )
         try:
             path = find_path(self._steps(sec), stored.schema_version, sec.version)
         except MigrationError as exc:
@@ -264,9 +266,9 @@ class StatefulPlugin(StateTransferable):
             errors.append(
                 f"section {stored.name!r}: no migration from schema version {stored.schema_version} to {sec.version}"
             )
-            return SectionValidation(False, errors, [], "incompatible", [])
+            return SectionValidation(is_valid=False, errors=errors, verdict="incompatible")
         walked = [stored.schema_version, *(s.to_version for s in path)]
-        return SectionValidation(not errors, errors, [], "after_migration", walked)
+        return SectionValidation(is_valid=not errors, errors=errors, verdict="after_migration", migration_path=walked)
 
     # -- staging (decode + migrate + validate), pure of live state --------------------------------
     def _stage(self, snapshot_id: str, plugin_id: str, stored: StateSection) -> _Staged:
@@ -378,12 +380,12 @@ class StatefulPlugin(StateTransferable):
                 unknown[name] = (stored, snapshot.id)
                 continue
             if not sv.is_valid:
-                failed.append(FailedSection(name, "; ".join(sv.errors) or f"section {name!r} is not valid"))
+                failed.append(FailedSection(name=name, error="; ".join(sv.errors) or f"section {name!r} is not valid"))
                 continue
             try:
                 staged.append(await self._stage_async(snapshot, stored))
             except StateTransferError as exc:
-                failed.append(FailedSection(name, str(exc)))
+                failed.append(FailedSection(name=name, error=str(exc)))
         if failed and not partial:
             msg = f"import of {snapshot.id!r} failed, state unchanged: " + "; ".join(f.error for f in failed)
             raise ImportFailed(msg, failed_sections=failed, snapshot_id=snapshot.id)
@@ -393,7 +395,10 @@ class StatefulPlugin(StateTransferable):
                 warnings.extend(item.warnings)
             self._preserved = unknown
         imported = [item.name for item in staged]
-        return StateImportResult(imported, failed, warnings, datetime.timedelta(seconds=time.perf_counter() - started))
+        elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
+        return StateImportResult(
+            imported_sections=imported, failed_sections=failed, warnings=warnings, duration=elapsed
+        )
 
     async def export_for(
         self, reason: StateCreationReason, *, tags: Iterable[str] = (), expires_at: int | None = None

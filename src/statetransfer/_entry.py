@@ -15,7 +15,7 @@ def main() -> None:
     S3, the process ends with ``os._exit`` once every output is flushed, so
     the exit code is always the command's own.
     """
-    from .cli import main as cli_main
+    from .cli import main as cli_main  # noqa: PLC0415 - imported when run, so importing this module stays cheap
 
     try:
         cli_main()

@@ -110,6 +110,7 @@ async def test_missing_downgrade_step_is_named_at_export():
     cart.items = {"a": [1, 2]}
     with pytest.raises(st.MigrationError, match=r"section 'items': no downgrade step from 3 to 2 in CartNoRollback"):
         await cart.export_state(target_versions={"items": 2})
+
     class Partial(st.StatefulPlugin):
         metadata = st.PluginMetadata(id="cart", version="3.0.0")
         items = st.Section(dict[str, list[int]], version=3, default=dict)

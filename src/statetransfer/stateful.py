@@ -136,6 +136,17 @@ class Section(Generic[T]):
         return register
 
 
+def _walk(value: Any, path: list[MigrationStep], where: str, kind: str) -> Any:
+    """``value`` passed through each step of ``path``; a step that raises is named in a :class:`MigrationError`."""
+    for step in path:
+        try:
+            value = step.func(value)
+        except Exception as exc:
+            msg = f"section {where!r}: {kind} {step.describe()} raised {type(exc).__name__}: {exc}"
+            raise MigrationError(msg) from exc
+    return value
+
+
 @dataclass
 class _Staged:
     name: str
@@ -231,13 +242,7 @@ class StatefulPlugin(StateTransferable):
         """The section ``name`` brought down ``path`` from its encoded current value, packed at the older version."""
         sec = self.sections[name]
         value = codecs.decode_untyped(parts[0] if len(parts) == 1 else b"".join(parts), sec.codec, where=name)
-        for step in path:
-            try:
-                value = step.func(value)
-            except Exception as exc:
-                msg = f"section {name!r}: downgrade {step.describe()} raised {type(exc).__name__}: {exc}"
-                raise MigrationError(msg) from exc
-        payload = codecs.encode(value, sec.codec, where=name)
+        payload = codecs.encode(_walk(value, path, name, "downgrade"), sec.codec, where=name)
         return pack_section(
             name, path[-1].to_version, payload, snapshot_id=snapshot_id, plugin_id=self.metadata.id,
             compression=sec.compression, level=sec.level, keyring=self.keyring, encrypt=sec.encrypt,
@@ -283,13 +288,7 @@ class StatefulPlugin(StateTransferable):
             path = find_path(self._steps(sec), stored.schema_version, sec.version)
             if path is None:
                 raise MigrationError(f"section {where!r}: no migration from {stored.schema_version} to {sec.version}")
-            value = codecs.decode_untyped(payload, sec.codec, where=where)
-            for step in path:
-                try:
-                    value = step.func(value)
-                except Exception as exc:
-                    msg = f"section {where!r}: migration {step.describe()} raised {type(exc).__name__}: {exc}"
-                    raise MigrationError(msg) from exc
+            value = _walk(codecs.decode_untyped(payload, sec.codec, where=where), path, where, "migration")
             value = codecs.convert(value, sec.type, where=where, codec=sec.codec)
             walked = " -> ".join(str(v) for v in [stored.schema_version, *(s.to_version for s in path)])
             warnings.append(f"section {where!r} migrated {walked}")

@@ -257,3 +257,41 @@ def test_migrate_skips_expired(tmp_path):
     assert code == 0
     assert [s["outcome"] for s in json.loads(out)["snapshots"]] == ["expired"]
     assert len(listing(url)) == 1
+
+
+class HandCart(st.StateTransferable):
+    """A hand-written plugin (no plan()): check-compat reads its snapshots whole."""
+
+    metadata = Cart.metadata
+
+    def __init__(self):
+        self._inner = Cart()
+
+    async def export_state(self):
+        return await self._inner.export_state()
+
+    async def import_state(self, snapshot):
+        return await self._inner.import_state(snapshot)
+
+    async def validate_state(self, snapshot):
+        return await self._inner.validate_state(snapshot)
+
+    def state_schema_version(self):
+        return 3
+
+
+def test_hand_written_plugin(store, tmp_path):
+    """Without plan() the newest snapshot of each group is read and validated; migrate goes by schema version."""
+    url, _ = store
+    code, out, _ = run("check-compat", url, "--plugin", "tests.test_cli_compat:HandCart", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["section_versions"] == {} and report["schema_version"] == 3
+    old = next(g for g in report["groups"] if g["plugin_version"] == "2.0.0")
+    assert old["sections"]["items"]["migration_path"] == [2, 3]
+    code, out, _ = run("migrate", url, "--plugin", "tests.test_cli_compat:HandCart")
+    assert code == 0, out
+    assert "migrated 3 snapshot(s) of cart to schema 3" in out
+    shutil.rmtree(tmp_path / "store" / "blobs")
+    code, out, _ = run("check-compat", url, "--plugin", "tests.test_cli_compat:HandCart")
+    assert code == 1 and "cannot read snapshot" in out

@@ -726,6 +726,11 @@ def _versions_text(versions: dict[str, int]) -> str:
     return " ".join(f"{name}={version}" for name, version in sorted(versions.items())) or "-"
 
 
+def _code_text(section_versions: dict[str, int], schema_version: int) -> str:
+    """What the code writes: its section versions, or (hand-written plugins) its schema version."""
+    return _versions_text(section_versions) if section_versions else f"schema {schema_version}"
+
+
 def _verdict_cell(v: SectionVerdict | None) -> str:
     if v is None:
         return "-"
@@ -761,7 +766,7 @@ def check_compat_(store_url: str, plugin_spec: str, as_json: bool) -> None:
 
 
 def _print_compat(report: CompatReport, store_url: str) -> None:
-    code = f"{report.plugin_id} {report.plugin_version} ({_versions_text(report.section_versions)})"
+    code = f"{report.plugin_id} {report.plugin_version} ({_code_text(report.section_versions, report.schema_version)})"
     if not report.groups:
         out.print(f"no snapshots of plugin {report.plugin_id!r} in {store_url}: nothing to check", markup=False)
         return
@@ -816,7 +821,7 @@ def migrate(store_url: str, plugin_spec: str, dry_run: bool, delete_originals: b
 
 def _print_migration(report: MigrationReport) -> None:
     counts = collections.Counter(s.outcome for s in report.snapshots)
-    target = _versions_text(report.section_versions)
+    target = _code_text(report.section_versions, report.schema_version)
     done = counts["would migrate"] if report.dry_run else counts["migrated"]
     verb = "would migrate" if report.dry_run else "migrated"
     others = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()) if outcome not in (verb,))
@@ -833,14 +838,14 @@ def _print_migration(report: MigrationReport) -> None:
     for name, versions in report.census.items():
         current = report.section_versions.get(name)
         for version, n in versions.items():
-            note = ("current" if version == current else "older: its migration steps are still needed"
-                    if current is not None and version < current else "not declared by this code")  # fmt: skip
+            note = ("-" if not report.section_versions else "current" if version == current
+                    else "older: its migration steps are still needed" if current is not None and version < current
+                    else "not declared by this code")  # fmt: skip
             rows.append([name, str(version), str(n), note])
     suffix = " (after the migration)" if report.dry_run else ""
     out.print(f"schema versions in the store{suffix}:", markup=False)
     _emit_table(["section", "version", "snapshots", "note"], rows)
-    older = report.older_versions()
-    if not older:
+    if report.section_versions and not report.older_versions():
         out.print("no snapshot holds a version older than the code's: older migration steps are no longer needed")
 
 

@@ -80,6 +80,8 @@ class CompatReport(msgspec.Struct):
 
     plugin_id: str
     plugin_version: str
+    #: The code's state schema version, and the version it writes of each section (empty for hand-written plugins).
+    schema_version: int
     section_versions: dict[str, int]
     snapshots: int
     ok: bool
@@ -111,6 +113,8 @@ class MigrationReport(msgspec.Struct):
     plugin_id: str
     dry_run: bool
     delete_originals: bool
+    #: The code's state schema version, and the version it writes of each section (empty for hand-written plugins).
+    schema_version: int
     section_versions: dict[str, int]
     snapshots: list[MigratedSnapshot]
     #: Section -> schema version -> how many of the plugin's snapshots hold it (after the run, or as it would be).
@@ -230,8 +234,8 @@ async def check_compat(store: SnapshotStore, plugin: StateTransferable) -> Compa
         judged.append(group)
     judged.sort(key=lambda g: (g.newest_timestamp, g.newest), reverse=True)
     declared = _declared(plugin) or {}
-    return CompatReport(plugin.metadata.id, plugin.metadata.version, declared, len(headers),
-                        all(g.ok for g in judged), judged, unreadable)  # fmt: skip
+    return CompatReport(plugin.metadata.id, plugin.metadata.version, plugin.state_schema_version(), declared,
+                        len(headers), all(g.ok for g in judged), judged, unreadable)  # fmt: skip
 
 
 # -- migrating ----------------------------------------------------------------------------------------
@@ -341,8 +345,8 @@ async def migrate_store(
             del after[header.id]
     if not dry_run and results:
         after = {h.id: _versions(h) for h in (await _headers(store, plugin_id))[0]}
-    return MigrationReport(plugin_id, dry_run, delete_originals, declared, results, _census(after.values()),
-                           unreadable)  # fmt: skip
+    return MigrationReport(plugin_id, dry_run, delete_originals, probe.state_schema_version(), declared, results,
+                           _census(after.values()), unreadable)  # fmt: skip
 
 
 def _problems(plugin: StateTransferable, header: SnapshotHeader) -> list[str]:

@@ -300,3 +300,25 @@ def test_make_previous_needs_previous():
     """make_previous alone is a mistake in the call."""
     with pytest.raises(TypeError, match="needs previous="):
         check_plugin(Cart, make_previous=filled_v2)
+
+
+def test_sections_added_and_removed_between_releases():
+    """A section the new release dropped travels through it unchanged; one it added is carried back as unknown."""
+
+    class Before(st.StatefulPlugin):
+        metadata = st.PluginMetadata(id="shop", version="1.0.0")
+        items = st.Section(dict[str, int], default=dict)
+        legacy = st.Section(list[str], default=list)
+
+    class After(st.StatefulPlugin):
+        metadata = st.PluginMetadata(id="shop", version="2.0.0")
+        items = st.Section(dict[str, int], default=dict)
+        prices = st.Section(dict[str, int], default=dict)
+
+    def before():
+        plugin = Before()
+        plugin.items, plugin.legacy = {"a": 1}, ["kept"]
+        return plugin
+
+    report = check_plugin(After, previous=Before, make_previous=before)
+    assert report.previous == "Before" and report.downgrade_paths == []

@@ -295,3 +295,13 @@ def test_hand_written_plugin(store, tmp_path):
     shutil.rmtree(tmp_path / "store" / "blobs")
     code, out, _ = run("check-compat", url, "--plugin", "tests.test_cli_compat:HandCart")
     assert code == 1 and "cannot read snapshot" in out
+
+
+def test_unreadable_manifest_is_named_not_fatal(store, tmp_path):
+    """A damaged manifest is named on stderr; the readable snapshots are still judged."""
+    url, _ = store
+    (tmp_path / "store" / "manifests" / "broken").write_bytes(b"not a manifest")
+    result = CliRunner().invoke(main, ["check-compat", url, "--plugin", "tests.test_releases:Cart"])
+    assert result.exit_code == 0, result.output
+    assert "unreadable store entry manifests/broken" in result.stderr
+    assert "4 snapshot(s) in 2 group(s)" in result.stdout

@@ -432,20 +432,40 @@ async def test_dependency_cycles_are_refused_before_anything_runs(modules):
     assert (await served(host))["a"][0] == "1.0.0"
 
 
-async def test_reloading_to_older_schema_versions_is_refused_with_the_reason(modules):
-    """Older code (lower section versions) needs the serving code to convert its state down first."""
-    name = modules(release_module("a", "2.0.0", items_version=2, body=UPGRADE_STEP))
+async def test_reloading_to_older_code_converts_the_state_down_first(modules):
+    """Older code (lower section versions): the serving code's downgrade steps convert the state before it imports."""
+    name = modules(release_module("a", "2.0.0", items_version=2, body=UP_AND_DOWN))
     host = st.PluginHost()
     plugin = await host.load(f"{name}:P")
-    plugin.items = {"x": 1}
+    plugin.items = {"x": 10}  # at version 2 values are tenfold
     modules(release_module("a", "1.0.0"), name=name)
     result = await host.reload("a")
-    assert result.rolled_back and "older schema versions (items 2 -> 1)" in (result.error or "")
-    assert await served(host) == {"a": ("2.0.0", {"x": 1})}
+    assert result.ok, result.error
+    assert await served(host) == {"a": ("1.0.0", {"x": 1})}
 
 
-UPGRADE_STEP = """
+async def test_reloading_to_older_code_without_a_downgrade_step_is_refused(modules):
+    name = modules(release_module("a", "2.0.0", items_version=2, body=UP_ONLY))
+    host = st.PluginHost()
+    plugin = await host.load(f"{name}:P")
+    plugin.items = {"x": 10}
+    modules(release_module("a", "1.0.0"), name=name)
+    result = await host.reload("a")
+    assert result.rolled_back and "no downgrade step from 2 to 1" in (result.error or "")
+    assert result.timings["pause"] == 0.0  # refused in the preflight
+    assert await served(host) == {"a": ("2.0.0", {"x": 10})}
+
+
+UP_ONLY = """
     @items.migration(from_version=1)
     def up(old):
-        return old
+        return {k: v * 10 for k, v in old.items()}
 """
+UP_AND_DOWN = (
+    UP_ONLY
+    + """
+    @items.migration(from_version=2, to_version=1)
+    def down(new):
+        return {k: v // 10 for k, v in new.items()}
+"""
+)

@@ -394,10 +394,10 @@ class Notes(st.StateTransferable):
 
     async def import_state(self, snapshot):
         self.notes = msgspec.msgpack.decode(snapshot.sections["notes"].data)
-        return st.StateImportResult(["notes"])
+        return st.StateImportResult(imported_sections=["notes"])
 
     async def validate_state(self, snapshot):
-        return st.StateValidation(True, True, True, {{}}, 1.0)
+        return st.StateValidation(is_valid=True, schema_compatible=True, version_compatible=True)
 """
 
 

@@ -409,7 +409,7 @@ def apply(old: StatefulPlugin, new: StatefulPlugin, plan: HandoverPlan, staged: 
         setattr(new, item.name, item.value)
     new._preserved = staged.carried
     warnings = [w for item in staged.sections for w in item.warnings]
-    return StateImportResult([*values, *(item.name for item in staged.sections)], [], warnings)
+    return StateImportResult(imported_sections=[*values, *(item.name for item in staged.sections)], warnings=warnings)
 
 
 def revert(old: StatefulPlugin, plan: HandoverPlan) -> None:

@@ -57,7 +57,7 @@ K = TypeVar("K")
 Phase = Literal["started", "loaded", "exported", "imported", "swapped", "rolled_back"]
 
 
-class ReloadResult(msgspec.Struct):
+class ReloadResult(msgspec.Struct, kw_only=True):
     """The outcome of one plugin's :meth:`PluginHost.reload` (or its part of :meth:`PluginHost.reload_many`).
 
     ``timings`` holds seconds per phase: ``load`` and ``validate`` (the
@@ -79,7 +79,7 @@ class ReloadResult(msgspec.Struct):
     checkpoint_id: str | None = None
 
 
-class ReloadEvent(msgspec.Struct, frozen=True):
+class ReloadEvent(msgspec.Struct, frozen=True, kw_only=True):
     """A progress event of a reload: ``phase`` is one of ``started``, ``loaded``,
     ``exported``, ``imported``, ``swapped``, ``rolled_back``."""
 
@@ -214,7 +214,7 @@ class PluginHost:
         return lambda: self._listeners.remove(listener)
 
     def _emit(self, plugin_id: str, phase: Phase, started: float, detail: str = "") -> None:
-        event = ReloadEvent(plugin_id, phase, time.perf_counter() - started, detail)
+        event = ReloadEvent(plugin_id=plugin_id, phase=phase, elapsed=time.perf_counter() - started, detail=detail)
         for listener in list(self._listeners):
             try:
                 outcome = listener(event)
@@ -543,6 +543,8 @@ class _Candidate:
     instance: Plugin
     plan: _handover.HandoverPlan | None
     loaded: bool = False  # its on_load ran
+    #: sections the new code declares at lower versions: the serving code exports them at those
+    target_versions: dict[str, int] = field(default_factory=dict)
 
 
 class _Reload:
@@ -560,7 +562,7 @@ class _Reload:
         self.started = self.mark = time.perf_counter()
         self.timings: dict[str, float] = {"pause": 0.0}
         self.result = ReloadResult(
-            slot.plugin_id, ok=False, rolled_back=False, old_version=slot.instance.metadata.version
+            plugin_id=slot.plugin_id, ok=False, rolled_back=False, old_version=slot.instance.metadata.version
         )
         names = (*slot.extra_modules, slot.module_name)
         self.saved: dict[str, types.ModuleType | None] = {name: sys.modules.get(name) for name in names}
@@ -626,20 +628,13 @@ class _Reload:
             return
         if not isinstance(new, StateTransferable):
             raise PluginError(f"new code of {self.slot.plugin_id!r} can no longer import state")
-        lowered = _lowered_sections(old, new)
-        if lowered:
-            # Reloading to older code: the code serving now must convert its state down before the
-            # older code imports it (downgrade steps, exported with export_state(target_versions=...)).
-            # TODO(releases): export_state has no target_versions on this branch yet; once it does,
-            # export with target_versions={name: new version} here and in transfer() instead of refusing.
-            steps = ", ".join(f"{name} {a} -> {b}" for name, (a, b) in sorted(lowered.items()))
-            msg = (f"new code of {self.slot.plugin_id!r} declares older schema versions ({steps}); going back "
-                   "needs the state converted down by the code serving now, which this host cannot do yet")  # fmt: skip
-            raise PluginError(msg)
+        candidate.target_versions = _lowered_sections(old, new)
+        if candidate.target_versions:  # older code: the serving code converts its state down, through a snapshot
+            candidate.plan = None
         if candidate.plan is not None:
             _handover.check_plan(candidate.plan, allow_dropped=self.host.allow_dropped_sections)
             return
-        draft = await old.export_for(StateCreationReason.HOT_RELOAD)
+        draft = await self.export_old(old, candidate)
         validation = await new.validate_state(draft)
         dropped = sorted(n for n, sv in validation.section_validations.items() if sv.verdict == "unknown")
         if dropped and not self.host.allow_dropped_sections:
@@ -666,7 +661,7 @@ class _Reload:
             self.emit("exported", f"{len(old.sections)} sections handed over")
             self.undo = lambda: _handover.revert(old, plan)
             return lambda: _handover.apply(old, new, plan, staged)
-        snapshot = await old.export_for(StateCreationReason.HOT_RELOAD)
+        snapshot = await self.export_old(old, candidate)
         self.lap("export")
         self.emit("exported", f"{len(snapshot.sections)} sections")
         if not isinstance(new, StatefulPlugin):  # declarative plugins validate inside import_state
@@ -675,6 +670,18 @@ class _Reload:
                 raise ValidationFailed(_reasons(validation), validation=validation)
         imported = await new.import_state(snapshot)
         return lambda: imported
+
+    async def export_old(self, old: StateTransferable, candidate: _Candidate) -> StateSnapshot:
+        """The serving instance's state for the new code; at the new code's lower section versions if it is older.
+
+        Raises:
+            MigrationError: the serving code has no downgrade step to a version the new code needs.
+        """
+        if candidate.target_versions:
+            assert isinstance(old, StatefulPlugin)  # only declarative plugins' versions are compared
+            reason = StateCreationReason.HOT_RELOAD
+            return await old.export_state(reason=reason, target_versions=candidate.target_versions)
+        return await old.export_for(StateCreationReason.HOT_RELOAD)
 
     def commit(self, new: Plugin) -> None:
         """The point of no return: the new instance serves from the next call on."""
@@ -839,12 +846,12 @@ class _Release:
         return [reload.finish() for reload in self.reloads]
 
 
-def _lowered_sections(old: Plugin, new: Plugin) -> dict[str, tuple[int, int]]:
-    """Section name -> (serving version, new version) for each section the new code declares at a lower version."""
+def _lowered_sections(old: Plugin, new: Plugin) -> dict[str, int]:
+    """Section name -> the new code's version, for each section it declares at a lower version than the serving code."""
     if not (isinstance(old, StatefulPlugin) and isinstance(new, StatefulPlugin)):
         return {}
     return {
-        name: (sec.version, new.sections[name].version)
+        name: new.sections[name].version
         for name, sec in old.sections.items()
         if name in new.sections and new.sections[name].version < sec.version
     }

@@ -96,14 +96,14 @@ class StateSnapshot(msgspec.Struct):
     signature: str | None = None
 
 
-class FailedSection(msgspec.Struct):
+class FailedSection(msgspec.Struct, kw_only=True):
     """A section that could not be imported, and why."""
 
     name: str
     error: str
 
 
-class StateImportResult(msgspec.Struct):
+class StateImportResult(msgspec.Struct, kw_only=True):
     """What an import applied, what it could not, and how long it took."""
 
     imported_sections: list[str] = msgspec.field(default_factory=list)
@@ -118,7 +118,7 @@ class StateImportResult(msgspec.Struct):
 Verdict = Literal["as_is", "after_migration", "incompatible", "unknown"]
 
 
-class SectionValidation(msgspec.Struct):
+class SectionValidation(msgspec.Struct, kw_only=True):
     """The verdict on one section of a snapshot.
 
     ``verdict`` is ``"as_is"``, ``"after_migration"``, ``"incompatible"`` or
@@ -133,7 +133,7 @@ class SectionValidation(msgspec.Struct):
     migration_path: list[int] = msgspec.field(default_factory=list)
 
 
-class StateValidation(msgspec.Struct):
+class StateValidation(msgspec.Struct, kw_only=True):
     """The verdict on a whole snapshot for one plugin."""
 
     is_valid: bool

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 
@@ -22,7 +22,7 @@ from .errors import (
     StateTransferError,
     ValidationFailed,
 )
-from .migrations import MigrationStep, check_chain, find_path, make_step, registered_steps
+from .migrations import MigrationStep, check_chain, find_path, make_step, missing_step, registered_steps
 from .model import (
     FailedSection,
     PluginMetadata,
@@ -37,7 +37,7 @@ from .model import (
     now,
 )
 from .plugin import StateTransferable
-from .sections import SectionPacker, reseal_section, unpack_section
+from .sections import SectionPacker, pack_section, reseal_section, unpack_section
 from .validation import validate_snapshot
 
 __all__ = ["Section", "StatefulPlugin"]
@@ -151,8 +151,11 @@ class Section(Generic[T]):
     def migration(self, from_version: int, to_version: int | None = None) -> Callable[[F], F]:
         """Register ``func(old_value) -> new_value`` migrating ``from_version`` to ``to_version``.
 
-        ``to_version`` defaults to ``from_version + 1``. The chain is checked
-        when the class is created (gaps, duplicates, steps past ``version``).
+        ``to_version`` defaults to ``from_version + 1``. A step down from
+        ``version`` (``from_version=3, to_version=2`` in a section at version 3)
+        is a downgrade step: ``export_state(target_versions=...)`` runs it to
+        write state an older release can read. The chain is checked when the
+        class is created (gaps, duplicates, steps past ``version``).
         """
 
         def register(func: F) -> F:
@@ -160,6 +163,17 @@ class Section(Generic[T]):
             return func
 
         return register
+
+
+def _walk(value: Any, path: list[MigrationStep], where: str, kind: str) -> Any:
+    """``value`` passed through each step of ``path``; a step that raises is named in a :class:`MigrationError`."""
+    for step in path:
+        try:
+            value = step.func(value)
+        except Exception as exc:
+            msg = f"section {where!r}: {kind} {step.describe()} raised {type(exc).__name__}: {exc}"
+            raise MigrationError(msg, section=where) from exc
+    return value
 
 
 @dataclass
@@ -241,6 +255,39 @@ class StatefulPlugin(StateTransferable):
         check_chain(steps, sec.version, f"{type(self).__qualname__}.{sec.name}")
         return steps
 
+    def _downgrades(self, target_versions: Mapping[str, int] | None) -> dict[str, list[MigrationStep]]:
+        """Per section to export below its version: the downgrade steps, checked before anything is encoded."""
+        paths: dict[str, list[MigrationStep]] = {}
+        for name, version in (target_versions or {}).items():
+            sec = self.sections.get(name)
+            if sec is None:
+                raise MigrationError(f"target_versions names section {name!r}, which {self.metadata.id!r} lacks")
+            if not isinstance(version, int) or version < 0 or version > sec.version:
+                msg = f"section {name!r}: cannot export at version {version!r}; this code writes version {sec.version}"
+                raise MigrationError(msg)
+            steps = self._steps(sec)
+            path = find_path(steps, sec.version, version)
+            if path is None:
+                stuck = missing_step(steps, sec.version, version)
+                msg = f"section {name!r}: no downgrade step from {stuck} to {version} in {type(self).__name__}"
+                raise MigrationError(msg)
+            if path:
+                paths[name] = path
+        return paths
+
+    def _lower(
+        self, name: str, parts: list[bytes | memoryview], path: list[MigrationStep], snapshot_id: str
+    ) -> StateSection:
+        """The section ``name`` brought down ``path`` from its encoded current value, packed at the older version."""
+        sec = self.sections[name]
+        value = codecs.decode_untyped(parts[0] if len(parts) == 1 else b"".join(parts), sec.codec, where=name)
+        payload = codecs.encode(_walk(value, path, name, "downgrade"), sec.codec, where=name)
+        return pack_section(
+            name, path[-1].to_version, payload, snapshot_id=snapshot_id, plugin_id=self.metadata.id,
+            compression=sec.compression, level=sec.level, keyring=self.keyring, encrypt=sec.encrypt,
+            metadata={"codec": sec.codec},
+        )  # fmt: skip
+
     def plan(self, snapshot: StateSnapshot) -> dict[str, SectionValidation]:
         """Per section of ``snapshot``: verdict and migration path. Reads nothing, changes nothing."""
         return {name: self._plan_section(stored) for name, stored in snapshot.sections.items()}
@@ -249,13 +296,15 @@ class StatefulPlugin(StateTransferable):
         sec = self.sections.get(stored.name)
         if sec is None:
             warning = f"section {stored.name!r} is unknown to {self.metadata.id!r}; kept unchanged for the next export"
-            return SectionValidation(True, [], [warning], "unknown", [])
+            return SectionValidation(warnings=[warning], verdict="unknown")
         errors: list[str] = []
         enc = stored.encryption
         if enc is not None and (self.keyring is None or enc.key_id not in self.keyring):
             errors.append(f"section {stored.name!r} is encrypted with key {enc.key_id!r}, which the keyring lacks")
         if stored.schema_version == sec.version:
-            return SectionValidation(not errors, errors, [], "as_is" if not errors else "incompatible", [])
+            return SectionValidation(
+                is_valid=not errors, errors=errors, verdict="as_is" if not errors else "incompatible"
+            )
         try:
             path = find_path(self._steps(sec), stored.schema_version, sec.version)
         except MigrationError as exc:
@@ -264,9 +313,9 @@ class StatefulPlugin(StateTransferable):
             errors.append(
                 f"section {stored.name!r}: no migration from schema version {stored.schema_version} to {sec.version}"
             )
-            return SectionValidation(False, errors, [], "incompatible", [])
+            return SectionValidation(is_valid=False, errors=errors, verdict="incompatible")
         walked = [stored.schema_version, *(s.to_version for s in path)]
-        return SectionValidation(not errors, errors, [], "after_migration", walked)
+        return SectionValidation(is_valid=not errors, errors=errors, verdict="after_migration", migration_path=walked)
 
     # -- staging (decode + migrate + validate), pure of live state --------------------------------
     def _stage(self, snapshot_id: str, plugin_id: str, stored: StateSection) -> _Staged:
@@ -287,13 +336,7 @@ class StatefulPlugin(StateTransferable):
             if path is None:
                 msg = f"section {name!r}: no migration from {version} to {sec.version}"
                 raise MigrationError(msg, section=name)
-            value = codecs.decode_untyped(payload, codec, where=name)
-            for step in path:
-                try:
-                    value = step.func(value)
-                except Exception as exc:
-                    msg = f"section {name!r}: migration {step.describe()} raised {type(exc).__name__}: {exc}"
-                    raise MigrationError(msg, section=name) from exc
+            value = _walk(codecs.decode_untyped(payload, codec, where=name), path, name, "migration")
             value = codecs.convert(value, sec.type, where=name, codec=codec)
             walked = " -> ".join(str(v) for v in [version, *(s.to_version for s in path)])
             warnings.append(f"section {name!r} migrated {walked}")
@@ -378,12 +421,12 @@ class StatefulPlugin(StateTransferable):
                 unknown[name] = (stored, snapshot.id)
                 continue
             if not sv.is_valid:
-                failed.append(FailedSection(name, "; ".join(sv.errors) or f"section {name!r} is not valid"))
+                failed.append(FailedSection(name=name, error="; ".join(sv.errors) or f"section {name!r} is not valid"))
                 continue
             try:
                 staged.append(await self._stage_async(snapshot, stored))
             except StateTransferError as exc:
-                failed.append(FailedSection(name, str(exc)))
+                failed.append(FailedSection(name=name, error=str(exc)))
         if failed and not partial:
             msg = f"import of {snapshot.id!r} failed, state unchanged: " + "; ".join(f.error for f in failed)
             raise ImportFailed(msg, failed_sections=failed, snapshot_id=snapshot.id)
@@ -393,7 +436,10 @@ class StatefulPlugin(StateTransferable):
                 warnings.extend(item.warnings)
             self._preserved = unknown
         imported = [item.name for item in staged]
-        return StateImportResult(imported, failed, warnings, datetime.timedelta(seconds=time.perf_counter() - started))
+        elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
+        return StateImportResult(
+            imported_sections=imported, failed_sections=failed, warnings=warnings, duration=elapsed
+        )
 
     async def export_for(
         self, reason: StateCreationReason, *, tags: Iterable[str] = (), expires_at: int | None = None
@@ -409,8 +455,15 @@ class StatefulPlugin(StateTransferable):
         expires_at: int | None = None,
         created_by: str | None = None,
         custom: dict[str, Any] | None = None,
+        target_versions: Mapping[str, int] | None = None,
     ) -> StateSnapshot:
         """A snapshot of the live state: a consistent view, taken while holding :attr:`state_lock`.
+
+        ``target_versions`` (section name -> schema version) writes those
+        sections at an older version, through the section's downgrade steps,
+        so that an older release can import the snapshot (a rollback); the
+        snapshot's schema version goes down with them. A missing step raises
+        :class:`MigrationError` naming it, before anything is encoded.
 
         Values are encoded under the lock. Dicts and lists of more than
         ``codecs.SLICE_MIN_SLICES * codecs.SLICE_ITEMS`` (262,144) items are encoded in slices with the event
@@ -420,6 +473,7 @@ class StatefulPlugin(StateTransferable):
         Compression, encryption and hashing of large sections run afterwards
         in a worker thread.
         """
+        lowering = self._downgrades(target_versions)
         snapshot_id = new_snapshot_id()
         seconds, ns = now()
         packers: dict[str, SectionPacker] = {}
@@ -428,8 +482,8 @@ class StatefulPlugin(StateTransferable):
             for name, sec in self.sections.items():
                 packer = SectionPacker(
                     name, sec.version, snapshot_id=snapshot_id, plugin_id=self.metadata.id,
-                    compression=sec.compression, level=sec.level, keyring=self.keyring, encrypt=sec.encrypt,
-                    metadata={"codec": sec.codec},
+                    compression=None if name in lowering else sec.compression, level=sec.level,
+                    keyring=self.keyring, encrypt=sec.encrypt, metadata={"codec": sec.codec},
                 )  # fmt: skip
                 value = getattr(self, name)
                 codecs.check_finite(value, sec.codec, where=name)
@@ -452,6 +506,7 @@ class StatefulPlugin(StateTransferable):
                     packer.add(kept[0])
                 packers[name] = packer
             preserved = dict(self._preserved)
+        lowered = {name: encoded[name] for name in lowering}
         if reason is StateCreationReason.HOT_RELOAD or not self.verify_exports:
             encoded.clear()  # a hot reload imports at once: that import is the check
         for name, parts in encoded.items():  # what this code could not import is never exported
@@ -465,7 +520,11 @@ class StatefulPlugin(StateTransferable):
         del encoded
         sections: dict[str, StateSection] = {}
         for name, packer in packers.items():
-            if packer.size >= _THREAD_ABOVE:
+            if name in lowering:
+                big = packer.size >= _THREAD_ABOVE
+                args = (name, lowered.pop(name), lowering[name], snapshot_id)
+                sections[name] = await asyncio.to_thread(self._lower, *args) if big else self._lower(*args)
+            elif packer.size >= _THREAD_ABOVE:
                 sections[name] = await asyncio.to_thread(packer.finish)
             else:
                 sections[name] = packer.finish()
@@ -479,7 +538,10 @@ class StatefulPlugin(StateTransferable):
             reason=reason, created_by=created_by or f"{self.metadata.id}@{self.metadata.version}",
             tags=list(tags), expires_at=expires_at, custom=dict(custom or {}),
         )  # fmt: skip
-        snapshot = StateSnapshot(snapshot_id, self.metadata.id, self.metadata.version, self.state_schema_version(),
+        schema = self.state_schema_version()
+        if lowering:  # the older release's schema: no newer than the newest section written
+            schema = min(schema, max(s.schema_version for n, s in sections.items() if n in self.sections))
+        snapshot = StateSnapshot(snapshot_id, self.metadata.id, self.metadata.version, schema,
                                  seconds, sections, metadata, "", ns)  # fmt: skip
         digests = None
         if sum(len(s.data) for s in sections.values()) >= _THREAD_ABOVE:

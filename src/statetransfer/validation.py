@@ -87,7 +87,10 @@ def validate_snapshot(
     """
     if snapshot.plugin_id != metadata.id:
         msg = f"snapshot is for plugin {snapshot.plugin_id!r}, not {metadata.id!r}"
-        return StateValidation(False, False, False, dict(section_validations), 0.0, [msg])
+        return StateValidation(
+            is_valid=False, schema_compatible=False, version_compatible=False,
+            section_validations=dict(section_validations), compatibility_score=0.0, errors=[msg],
+        )  # fmt: skip
     errors: list[str] = []
     warnings: list[str] = []
     score = 1.0
@@ -130,6 +133,7 @@ def validate_snapshot(
         score *= FACTORS["missing"]
     is_valid = not errors and sections_ok
     return StateValidation(
-        is_valid, schema_compatible, version_compatible, dict(section_validations),
-        max(0.0, min(1.0, score)), errors, warnings,
+        is_valid=is_valid, schema_compatible=schema_compatible, version_compatible=version_compatible,
+        section_validations=dict(section_validations), compatibility_score=max(0.0, min(1.0, score)),
+        errors=errors, warnings=warnings,
     )  # fmt: skip

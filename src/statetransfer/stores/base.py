@@ -94,7 +94,7 @@ class ObjectInfo(msgspec.Struct, frozen=True):
     regular: bool = True
 
 
-class UnreadableEntry(msgspec.Struct, frozen=True):
+class UnreadableEntry(msgspec.Struct, frozen=True, kw_only=True):
     """A store entry that could not be read: a damaged manifest, or a stray file the store did not write."""
 
     key: str
@@ -116,7 +116,7 @@ class SnapshotListing(list[SnapshotInfo]):
         self.unreadable = list(unreadable)
 
 
-class VerifyReport(msgspec.Struct):
+class VerifyReport(msgspec.Struct, kw_only=True):
     """The result of :meth:`SnapshotStore.verify`: ``ok`` when ``problems`` is empty."""
 
     ok: bool
@@ -130,7 +130,7 @@ class VerifyReport(msgspec.Struct):
     strays: list[str] = msgspec.field(default_factory=list)
 
 
-class PruneReport(msgspec.Struct):
+class PruneReport(msgspec.Struct, kw_only=True):
     """What :meth:`SnapshotStore.prune` removed (or would remove, with ``dry_run``) and kept."""
 
     removed: list[str]
@@ -380,7 +380,9 @@ class SnapshotStore(abc.ABC):
                 blobs_removed, _ = await self._collect_garbage(lease)
         unreadable = [u for u in found.unreadable if u.snapshot_id is not None]
         _warn_unreadable(self, unreadable)
-        return PruneReport(removed, kept, dry_run, blobs_removed, unreadable)
+        return PruneReport(
+            removed=removed, kept=kept, dry_run=dry_run, blobs_removed=blobs_removed, unreadable=unreadable
+        )
 
     async def verify(
         self,
@@ -412,7 +414,7 @@ class SnapshotStore(abc.ABC):
             found = await self._read_manifests()
             blob_entries = await self.list_objects(BLOBS)
         except StateTransferError as exc:
-            return VerifyReport(False, 0, [f"cannot list the store: {exc}"])
+            return VerifyReport(ok=False, checked=0, problems=[f"cannot list the store: {exc}"])
         blobs, strays = _split_blobs(blob_entries)
         strays += [u.key for u in found.unreadable if u.snapshot_id is None]
         for entry in found.unreadable:
@@ -445,8 +447,9 @@ class SnapshotStore(abc.ABC):
         checked = len(found.headers)
         hashed = sum(1 for s in state.values() if s != "missing") if read_data else 0
         return VerifyReport(
-            not problems, checked, problems, hashed, len(blobs - referenced), repaired, sorted(set(strays))
-        )
+            ok=not problems, checked=checked, problems=problems, blobs_checked=hashed,
+            unreferenced_blobs=len(blobs - referenced), repaired=repaired, strays=sorted(set(strays)),
+        )  # fmt: skip
 
     # -- helpers -----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -537,7 +540,9 @@ class SnapshotStore(abc.ABC):
         async def read(obj: ObjectInfo) -> None:
             name = obj.key[len(MANIFESTS) :]
             if not obj.regular or not _is_safe_id(name):
-                unreadable.append(UnreadableEntry(obj.key, "not written by this store (skipped)", mtime=obj.mtime))
+                unreadable.append(
+                    UnreadableEntry(key=obj.key, reason="not written by this store (skipped)", mtime=obj.mtime)
+                )
                 return
             async with limit:
                 try:
@@ -547,7 +552,11 @@ class SnapshotStore(abc.ABC):
             try:
                 headers.append((obj, parse_manifest(data, name), len(data)))
             except CorruptSnapshot as exc:
-                unreadable.append(UnreadableEntry(obj.key, str(exc), name, _peek_plugin_id(data), obj.mtime))
+                unreadable.append(
+                    UnreadableEntry(
+                        key=obj.key, reason=str(exc), snapshot_id=name, plugin_id=_peek_plugin_id(data), mtime=obj.mtime
+                    )
+                )
 
         await asyncio.gather(*(read(obj) for obj in entries))
         headers.sort(key=lambda item: item[0].key)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import strategies as hs
@@ -95,3 +97,19 @@ def plugin_module(tmp_path, monkeypatch):
 
     yield name, write, path
     sys.modules.pop(name, None)
+
+
+async def backups_with_newest_damaged(plugin, section: str, root: Path) -> tuple[st.SnapshotInfo, st.SnapshotInfo]:
+    """Two backups of ``plugin`` into the ``file://`` store at ``root`` (``section`` set to 1, then 2); the newest's
+    manifest then damaged. Returns (older, newest)."""
+    store = st.open_store(f"file://{root}")
+    setattr(plugin, section, 1)
+    older = await st.backup(plugin, store)
+    time.sleep(0.01)
+    setattr(plugin, section, 2)
+    newest = await st.backup(plugin, store)
+    path = root / "manifests" / newest.id
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return older, newest

@@ -18,6 +18,8 @@ import pytest
 import statetransfer as st
 from statetransfer.stores.memory import MemoryStore
 
+from .conftest import backups_with_newest_damaged
+
 SERVICE = Path(__file__).with_name("checkpoint_service.py")
 
 
@@ -46,7 +48,6 @@ def modules(tmp_path, monkeypatch):
 
 NOTES_MODULE = """
 import statetransfer as st
-from statetransfer.stores.memory import MemoryStore
 
 class Notes(st.StatefulPlugin):
     metadata = st.PluginMetadata(id="notes", version="1.0.0")
@@ -187,7 +188,6 @@ async def test_load_with_restore_needs_a_store(modules):
 
 NOTES_V2_MODULE = """
 import statetransfer as st
-from statetransfer.stores.memory import MemoryStore
 
 class Notes(st.StatefulPlugin):
     metadata = st.PluginMetadata(id="notes", version="2.0.0")
@@ -215,17 +215,8 @@ async def test_load_with_restore_migrates_older_snapshots(modules):
 
 
 async def test_load_with_restore_refuses_a_damaged_newest_snapshot_unless_allowed(modules, tmp_path):
+    older, newest = await backups_with_newest_damaged(Notes(), "hits", tmp_path / "store")
     store = st.open_store(f"file://{tmp_path}/store")
-    plugin = Notes()
-    plugin.hits = 1
-    older = await st.backup(plugin, store)
-    time.sleep(0.01)
-    plugin.hits = 2
-    newest = await st.backup(plugin, store)
-    path = tmp_path / "store" / "manifests" / newest.id
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF
-    path.write_bytes(bytes(data))
     spec = f"{modules(NOTES_MODULE)}:Notes"
     host = st.PluginHost(store=store)
     with pytest.raises(st.CorruptSnapshot, match=newest.id):
@@ -335,7 +326,6 @@ def test_sigkill_loses_at_most_one_interval_of_changes(tmp_path):
 # -- releases: several plugins as one unit -------------------------------------------------------
 RELEASE = """
 import statetransfer as st
-from statetransfer.stores.memory import MemoryStore
 ORDER = []
 
 class P(st.StatefulPlugin):

@@ -17,7 +17,9 @@ Run: ``python benchmarks/recovery.py [--quick]``.
   first call served on the restored state, and the part of it inside the
   process (open the store, load, restore).
 
-Prints the medians over the rounds.
+Prints the medians over the rounds. ``--no-verify`` sets
+``verify_exports = False`` on the workload, to show what the typed re-decode
+of each export (which holds the GIL in its worker thread) costs callers.
 """
 
 from __future__ import annotations
@@ -132,7 +134,11 @@ def recovery_rounds(megabytes: int, rounds: int, root: Path) -> dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 MB and fewer rounds: a smoke run")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="checkpoint without re-decoding each export (verify_exports=False)"
+    )
     args = parser.parse_args()
+    Workload.verify_exports = not args.no_verify
     megabytes, rounds = (1, 2) if args.quick else (100, 5)
     with tempfile.TemporaryDirectory() as tmp:
         cost = asyncio.run(checkpoint_rounds(megabytes, rounds, Path(tmp)))

@@ -32,3 +32,12 @@ def test_quick_benchmark_emits_json(tmp_path):
     assert all(isinstance(v, float) and v > 0 for v in doc["ratios"].values())
     assert doc["reload_1mb"]["p50"] > 0 and doc["stall_ms"] > 0
     assert "export+dumps vs pickle.dumps" in proc.stdout
+
+
+def test_recovery_benchmark_runs(tmp_path):
+    """benchmarks/recovery.py --quick checkpoints, kills and restarts a service, and prints its medians."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recovery.py"), "--quick"], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "export + write" in proc.stdout and "serving restored state" in proc.stdout

@@ -281,9 +281,10 @@ class PluginHost:
             except BaseException:
                 await self._call_on_unload(instance, plugin_id)
                 raise
-        if plugin_id in self._slots:
+        if plugin_id in self._slots or self._closing is not None:  # loaded, or the host closed, meanwhile
             await self._call_on_unload(instance, plugin_id)
-            raise PluginError(f"a plugin with id {plugin_id!r} is already loaded; unload it first")
+            why = "the host is closed" if self._closing is not None else f"a plugin with id {plugin_id!r} is loaded"
+            raise PluginError(why)
         self._slots[plugin_id] = slot
         log.info("loaded plugin %r (%s) from %s", plugin_id, instance.metadata.version, spec)
         if self.checkpoint_interval is not None and self._checkpointer is None:

@@ -514,6 +514,9 @@ class StatefulPlugin(StateTransferable):
             data = parts[0] if len(parts) == 1 else b"".join(parts)
             slices = None  # the pieces join to one valid encoding: one decode is cheapest
             if len(data) >= _THREAD_ABOVE:
+                # decoded slice by slice in the worker: msgspec holds the GIL for a whole decode, and the
+                # event loop gets it back only between slices
+                slices = packers[name].metadata.get("slices")
                 await asyncio.to_thread(codecs.check_decodable, data, sec.type, sec.codec, where=name, slices=slices)
             else:
                 codecs.check_decodable(data, sec.type, sec.codec, where=name, slices=slices)

@@ -151,6 +151,31 @@ async def test_callers_are_not_held_while_a_checkpoint_is_written(modules):
     await host.close()
 
 
+class FlakyStore(MemoryStore):
+    """A store whose next put fails once."""
+
+    fail = False
+
+    async def put(self, snapshot):
+        if self.fail:
+            self.fail = False
+            raise OSError("disk full")
+        return await super().put(snapshot)
+
+
+async def test_a_failed_checkpoint_is_retried_without_further_calls(modules):
+    store = FlakyStore()
+    host = st.PluginHost(store=store)
+    await host.load(f"{modules(NOTES_MODULE)}:Notes")
+    await bump(host)
+    store.fail = True
+    with pytest.raises(OSError, match="disk full"):
+        await host.checkpoint()
+    written = (await host.checkpoint())["notes"]  # no call since: the change is still owed to the store
+    assert written is not None and (await store.list(plugin_id="notes"))[0].id == written
+    await host.close()
+
+
 # -- restore on start ----------------------------------------------------------------------------
 async def test_load_with_restore_starts_from_the_newest_snapshot(modules):
     store = st.open_store("memory://")

@@ -372,7 +372,7 @@ class PluginHost:
             await self._close_slot(slot)
 
     async def _close_slot(self, slot: _Slot) -> None:
-        snapshot: StateSnapshot | None = None
+        export: _Export | None = None
         async with slot.reload_lock:
             if slot.gate.closed:
                 return
@@ -382,13 +382,16 @@ class PluginHost:
             except PluginError as exc:
                 log.warning("closing %r with calls still running: %s", slot.plugin_id, exc)
             try:
-                snapshot = await self._export_checkpoint(slot)
+                export = await self._export_checkpoint(slot)
             except Exception:
                 log.exception("final checkpoint of %r failed", slot.plugin_id)
             slot.gate.close()
             self._slots.pop(slot.plugin_id, None)
-        if snapshot is not None:
-            await self._write_checkpoint(slot, snapshot, always=False)
+        if export is not None:
+            try:
+                await self._write_checkpoint(slot, export, always=False)
+            except Exception:
+                log.exception("final checkpoint of %r failed", slot.plugin_id)
         await self._call_on_unload(slot.instance, slot.plugin_id)
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -398,6 +401,10 @@ class PluginHost:
         Returns:
             Plugin id -> the id of the snapshot written, or None when it was
             skipped (no change since the last checkpoint, or no store).
+
+        Raises:
+            StoreError / OSError: the store failed (the periodic checkpoints
+                log such failures instead); the next checkpoint tries again.
         """
         return {slot.plugin_id: await self._checkpoint(slot) for slot in list(self._slots.values())}
 
@@ -420,10 +427,10 @@ class PluginHost:
         async with slot.reload_lock:  # exports the instance serving, never one being swapped out
             if slot.gate.closed:
                 return None
-            snapshot = await self._export_checkpoint(slot)
-        return None if snapshot is None else await self._write_checkpoint(slot, snapshot, always=False)
+            export = await self._export_checkpoint(slot)
+        return None if export is None else await self._write_checkpoint(slot, export, always=False)
 
-    async def _export_checkpoint(self, slot: _Slot) -> StateSnapshot | None:
+    async def _export_checkpoint(self, slot: _Slot) -> _Export | None:
         """A ``CHECKPOINT`` export of the serving instance (the caller holds ``slot.reload_lock``)."""
         instance = slot.instance
         if self.store is None or not isinstance(instance, StateTransferable):
@@ -431,20 +438,25 @@ class PluginHost:
         calls = slot.gate.admitted
         async with asyncio.timeout(self.reload_timeout):
             snapshot = await instance.export_for(StateCreationReason.CHECKPOINT)
-        slot.checkpointed_calls = calls
-        return snapshot
+        return _Export(snapshot, calls)
 
-    async def _write_checkpoint(self, slot: _Slot, snapshot: StateSnapshot, *, always: bool) -> str | None:
-        """Put ``snapshot`` into the store unless its sections equal the last checkpoint's (``always``: put anyway)."""
+    async def _write_checkpoint(self, slot: _Slot, export: _Export, *, always: bool) -> str | None:
+        """Put the export into the store unless its sections equal the last checkpoint's (``always``: put anyway).
+
+        Only once it is stored (or found unchanged) do the calls before it count as checkpointed:
+        after a failed write the next checkpoint tries again.
+        """
         assert self.store is not None
+        snapshot = export.snapshot
         digests = await _section_digests(snapshot)
-        if not always and digests == slot.digests:
-            return None
-        async with asyncio.timeout(self.reload_timeout):
-            info = await self.store.put(snapshot)
+        written = None
+        if always or digests != slot.digests:
+            async with asyncio.timeout(self.reload_timeout):
+                written = (await self.store.put(snapshot)).id
         if snapshot.created_ns >= slot.checkpointed_ns:
             slot.digests, slot.checkpointed_ns = digests, snapshot.created_ns
-        return info.id
+            slot.checkpointed_calls = max(slot.checkpointed_calls, export.calls)
+        return written
 
     async def _call_on_unload(self, instance: Plugin, plugin_id: str) -> None:
         """``instance.on_unload()``, bounded by ``unload_timeout``; failures are logged, never raised."""
@@ -535,6 +547,14 @@ class PluginHost:
             files = {slot.source, *(module_file(m) for m in slot.extra_modules)}
             out[slot.plugin_id] = {f for f in files if f is not None}
         return out
+
+
+@dataclass
+class _Export:
+    """A checkpoint exported, and how many calls the plugin had admitted when it was taken."""
+
+    snapshot: StateSnapshot
+    calls: int
 
 
 @dataclass
@@ -702,9 +722,9 @@ class _Reload:
             self.lap("unload")
         if self.host.store is not None and isinstance(self.slot.instance, StateTransferable):
             try:
-                snapshot = await self.host._export_checkpoint(self.slot)
-                if snapshot is not None:
-                    self.result.checkpoint_id = await self.host._write_checkpoint(self.slot, snapshot, always=True)
+                export = await self.host._export_checkpoint(self.slot)
+                if export is not None:
+                    self.result.checkpoint_id = await self.host._write_checkpoint(self.slot, export, always=True)
             except Exception:
                 log.exception("checkpoint of %r after its reload failed (the new code serves on)", self.slot.plugin_id)
             self.lap("checkpoint")

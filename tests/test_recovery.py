@@ -484,3 +484,32 @@ UP_AND_DOWN = (
         return {k: v // 10 for k, v in new.items()}
 """
 )
+
+
+async def test_watch_reloads_a_plugin_when_an_also_reload_module_changes(modules, tmp_path):
+    """also_reload names helper modules: re-executed before the plugin's on each reload, and watched like it."""
+    helper = modules('GREETING = "hello"\n')
+    plugin = modules(f"""
+        import statetransfer as st
+        import {helper}
+
+        class Greeter(st.StatefulPlugin):
+            metadata = st.PluginMetadata(id="greeter", version="1.0.0")
+            said = st.Section(int, default=int)
+
+            def greet(self):
+                self.said += 1
+                return {helper}.GREETING
+    """)
+    host = st.PluginHost()
+    await host.load(f"{plugin}:Greeter", also_reload=[helper])
+    swapped = asyncio.Event()
+    host.subscribe(lambda event: swapped.set() if event.phase == "swapped" else None)
+    watching = asyncio.ensure_future(host.watch(debounce_ms=20))
+    await asyncio.sleep(0.3)
+    (tmp_path / f"{helper}.py").write_text('GREETING = "bonjour"\n')
+    await asyncio.wait_for(swapped.wait(), 10)
+    async with host.use("greeter") as greeter:
+        assert greeter.greet() == "bonjour"
+    await host.close()
+    await asyncio.wait_for(watching, 10)

@@ -4,7 +4,7 @@ Run: ``python benchmarks/check_compat.py [--count N] [--store DIR]``. Fills a
 store with ``N`` small snapshots of one plugin made by three releases (and a
 few of another plugin), then times the command line end to end (process
 start, reading every manifest, grouping, ``plan()`` per group, the table) and
-the library call :func:`statetransfer.releases.check_compat` alone. With
+the library call :func:`statetransfer._releases.check_compat` alone. With
 ``--store DIR`` an existing store from an earlier run is reused.
 """
 
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import statetransfer as st
-from statetransfer.releases import check_compat
+from statetransfer._releases import check_compat
 
 PLUGINS = textwrap.dedent("""
     import statetransfer as st

@@ -15,8 +15,10 @@ from collections.abc import Iterator
 import msgspec
 
 import statetransfer as st
-from statetransfer import codecs, crypto, sections
-from statetransfer.sections import unpack_section
+from statetransfer import _codecs as codecs
+from statetransfer import _crypto as crypto
+from statetransfer import _sections as sections
+from statetransfer._sections import unpack_section
 from statetransfer.stores._manifest import parse_manifest, verify_manifest
 
 KEYRING = st.Keyring({"fuzz": b"\x01" * 32, "other": b"\x02" * 32})

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import statetransfer as st
-from statetransfer.cli import main
+from statetransfer._cli import main
 
 from .test_releases import Cart, CartV2
 

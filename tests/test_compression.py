@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as hs
 
 import statetransfer as st
-from statetransfer.sections import pack_section, unpack_section
+from statetransfer._sections import pack_section, unpack_section
 
 
 @pytest.mark.parametrize("algorithm", ["zstd", "lz4", "none"])
@@ -177,7 +177,7 @@ def test_multi_frame_sections(algorithm, monkeypatch):
     """A section packed in several frames records their lengths, round-trips, and refuses a lying frame table."""
     import os
 
-    from statetransfer import sections
+    from statetransfer import _sections as sections
 
     monkeypatch.setattr(sections, "FRAME_MIN", 1000)
     pieces = [bytes([i]) * 3000 + os.urandom(100) for i in range(5)]

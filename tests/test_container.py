@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 import statetransfer as st
-from statetransfer import container
-from statetransfer.container import FORMAT_VERSION, MAGIC
+from statetransfer import _container as container
+from statetransfer._container import FORMAT_VERSION, MAGIC
 
 from .conftest import seal, simple_snapshot, snapshots
 
@@ -227,7 +227,7 @@ def test_deeply_nested_header_is_corrupt_not_recursion_error():
 
 def test_deeply_nested_section_value():
     """A section value nested too deeply to decode is an EncodingError naming the section."""
-    from statetransfer import codecs
+    from statetransfer import _codecs as codecs
     from statetransfer.errors import EncodingError
 
     with pytest.raises(EncodingError, match="entries: not valid msgpack"):
@@ -239,7 +239,7 @@ def test_large_sections_use_tree_digest():
     import hashlib
     import os
 
-    from statetransfer.checksum import TREE_ABOVE, section_digest
+    from statetransfer._checksum import TREE_ABOVE, section_digest
 
     data = os.urandom(TREE_ABOVE + 12345)
     digest = section_digest(data)

@@ -4,8 +4,9 @@ import inspect
 import typing
 
 import statetransfer as st
+import statetransfer._host
+import statetransfer._releases
 import statetransfer.errors
-import statetransfer.host
 import statetransfer.stores
 
 
@@ -22,7 +23,7 @@ def test_all_is_sorted_and_resolves():
 
 def test_every_error_and_store_type_is_exported():
     """Errors, warnings and the store types a user meets are reachable from the top-level package."""
-    for module in (statetransfer.errors, statetransfer.stores, statetransfer.host):
+    for module in (statetransfer.errors, statetransfer.stores, statetransfer._host, statetransfer._releases):
         for name in module.__all__:
             member = getattr(module, name)
             if inspect.isclass(member):
@@ -64,7 +65,7 @@ def test_errors_carry_data():
         asyncio.run(P(keyring=st.Keyring({"k1": b"\x01" * 32})).import_state(snapshot))
     assert failed.value.snapshot_id == snapshot.id and [f.name for f in failed.value.failed_sections] == ["secret"]
     with pytest.raises(st.DecryptionFailed) as sealed:
-        from statetransfer.sections import unpack_section
+        from statetransfer._sections import unpack_section
 
         unpack_section(snapshot.sections["secret"], snapshot_id=snapshot.id, plugin_id="p",
                        keyring=st.Keyring({"k1": b"\x01" * 32}))  # fmt: skip

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import statetransfer as st
-from statetransfer.host import ReloadEvent
+from statetransfer._host import ReloadEvent
 
 COUNTER = """
 import statetransfer as st
@@ -227,7 +227,7 @@ async def test_events_and_logging(plugin_module, caplog):
     host = await loaded(plugin_module)
     events: list[ReloadEvent] = []
     unsubscribe = host.subscribe(events.append)
-    caplog.set_level(logging.INFO, logger="statetransfer.host")
+    caplog.set_level(logging.INFO, logger="statetransfer._host")
     write(render(tag="v2"))
     await host.reload("counter")
     assert [e.phase for e in events] == ["started", "loaded", "exported", "imported", "swapped"]

@@ -197,7 +197,7 @@ async def test_load_with_restore_starts_from_the_newest_snapshot(modules):
 
 async def test_load_with_restore_and_no_snapshot_starts_empty_and_says_so(modules, caplog):
     host = st.PluginHost(store=st.open_store("memory://"))
-    with caplog.at_level(logging.WARNING, logger="statetransfer.host"):
+    with caplog.at_level(logging.WARNING, logger="statetransfer._host"):
         await host.load(f"{modules(NOTES_MODULE)}:Notes", restore=True)
     assert host.restore_result("notes") is None
     assert any("starts empty" in r.getMessage() and "notes" in r.getMessage() for r in caplog.records)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .cli import main as cli_main
+from ._cli import main as cli_main
 
 
 def main() -> None:

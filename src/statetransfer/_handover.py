@@ -32,11 +32,11 @@ from typing import Any
 
 import msgspec
 
-from . import codecs
+from . import _codecs as codecs
+from ._model import SectionValidation, StateImportResult, StateSection, new_snapshot_id
+from ._sections import pack_section
+from ._stateful import Section, StatefulPlugin, _Staged
 from .errors import PluginError
-from .model import SectionValidation, StateImportResult, StateSection, new_snapshot_id
-from .sections import pack_section
-from .stateful import Section, StatefulPlugin, _Staged
 
 __all__ = ["HandoverPlan", "Staged", "apply", "check_plan", "plan_handover", "revert", "stage"]
 

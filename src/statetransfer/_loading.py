@@ -14,9 +14,9 @@ import sys
 import types
 from pathlib import Path
 
-from .crypto import Keyring
+from ._crypto import Keyring
+from ._plugin import Plugin
 from .errors import PluginError, StateTransferError
-from .plugin import Plugin
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -12,7 +12,7 @@ from .errors import PluginError
 
 __all__ = ["watch_sources"]
 
-log = logging.getLogger("statetransfer.host")
+log = logging.getLogger("statetransfer._host")
 
 
 async def watch_sources(

@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .model import FailedSection, StateValidation
+    from ._model import FailedSection, StateValidation
 
 __all__ = [
     "ChecksumMismatch",

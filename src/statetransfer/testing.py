@@ -20,10 +20,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from . import codecs
-from .checksum import seal, sign
-from .container import dumps, loads
-from .crypto import Keyring
+from . import _codecs as codecs
+from ._checksum import seal, sign
+from ._container import dumps, loads
+from ._crypto import Keyring
+from ._migrations import find_path, missing_step
+from ._model import StateCreationReason, StateMetadata, StateSection, StateSnapshot
+from ._sections import pack_section, unpack_section
+from ._stateful import StatefulPlugin
 from .errors import (
     ChecksumMismatch,
     ImportFailed,
@@ -33,10 +37,6 @@ from .errors import (
     StoreError,
     StoreWarning,
 )
-from .migrations import find_path, missing_step
-from .model import StateCreationReason, StateMetadata, StateSection, StateSnapshot
-from .sections import pack_section, unpack_section
-from .stateful import StatefulPlugin
 from .stores.base import SnapshotStore, VerifyReport, blob_key
 from .stores.memory import MemoryStore
 

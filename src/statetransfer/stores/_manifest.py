@@ -7,10 +7,10 @@ import hmac
 
 import msgspec
 
-from ..checksum import verify_checksum, verify_signature
-from ..container import SnapshotHeader, build_header, decode_header, header_bytes
+from .._checksum import verify_checksum, verify_signature
+from .._container import SnapshotHeader, build_header, decode_header, header_bytes
+from .._model import StateCreationReason, StateSection, StateSnapshot
 from ..errors import ChecksumMismatch, CorruptSnapshot
-from ..model import StateCreationReason, StateSection, StateSnapshot
 
 __all__ = [
     "MANIFEST_MAGIC",

@@ -24,8 +24,9 @@ from typing import ClassVar, Self
 
 import msgspec
 
-from ..checksum import section_digest
-from ..container import SnapshotHeader, assemble, build_header, decode_header
+from .._checksum import section_digest
+from .._container import SnapshotHeader, assemble, build_header, decode_header
+from .._model import StateSnapshot
 from ..errors import (
     ChecksumMismatch,
     CorruptSnapshot,
@@ -35,7 +36,6 @@ from ..errors import (
     StoreLocked,
     StoreWarning,
 )
-from ..model import StateSnapshot
 from ._locking import Held, ObjectLock, RWLock
 from ._manifest import SnapshotInfo, info_from_header, manifest_bytes, parse_manifest, verify_manifest
 from ._retention import check_rules, order_key, plan_prune

@@ -16,10 +16,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ._checksum import seal
 from ._fileio import write_atomic
-from .checksum import seal
+from ._model import EncryptionInfo, StateSection, StateSnapshot
 from .errors import DecryptionFailed, InvalidArgument, MissingKey, StateTransferError
-from .model import EncryptionInfo, StateSection, StateSnapshot
 
 __all__ = [
     "AES_256_GCM",

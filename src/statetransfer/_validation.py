@@ -27,9 +27,9 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 
-from .checksum import verify_checksum
+from ._checksum import verify_checksum
+from ._model import PluginMetadata, SectionValidation, StateSnapshot, StateValidation
 from .errors import StateTransferError
-from .model import PluginMetadata, SectionValidation, StateSnapshot, StateValidation
 
 __all__ = ["FACTORS", "parse_semver", "section_factor", "validate_snapshot"]
 

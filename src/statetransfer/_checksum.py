@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 
+from ._model import StateSnapshot
 from ._workers import pool
 from .errors import ChecksumMismatch, InvalidArgument, StateTransferError
-from .model import StateSnapshot
 
 __all__ = [
     "seal",

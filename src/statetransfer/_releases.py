@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterable, Mapping
 
 import msgspec
 
-from .checksum import calculate_checksum
-from .container import SnapshotHeader
+from ._checksum import calculate_checksum
+from ._container import SnapshotHeader
+from ._model import SectionValidation, StateCreationReason, StateMetadata, StateSection, StateSnapshot
+from ._plugin import StateTransferable
+from ._stateful import StatefulPlugin
 from .errors import StateTransferError
-from .model import SectionValidation, StateCreationReason, StateMetadata, StateSection, StateSnapshot
-from .plugin import StateTransferable
-from .stateful import StatefulPlugin
 from .stores.base import SnapshotStore, UnreadableEntry
 
 __all__ = [

@@ -11,19 +11,11 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 
 import msgspec
 
-from . import codecs
-from .checksum import calculate_checksum, section_digest
-from .crypto import Keyring
-from .errors import (
-    EncodingError,
-    ImportFailed,
-    InvalidArgument,
-    MigrationError,
-    StateTransferError,
-    ValidationFailed,
-)
-from .migrations import MigrationStep, check_chain, find_path, make_step, missing_step, registered_steps
-from .model import (
+from . import _codecs as codecs
+from ._checksum import calculate_checksum, section_digest
+from ._crypto import Keyring
+from ._migrations import MigrationStep, check_chain, find_path, make_step, missing_step, registered_steps
+from ._model import (
     FailedSection,
     PluginMetadata,
     SectionValidation,
@@ -36,9 +28,17 @@ from .model import (
     new_snapshot_id,
     now,
 )
-from .plugin import StateTransferable
-from .sections import SectionPacker, pack_section, reseal_section, unpack_section
-from .validation import validate_snapshot
+from ._plugin import StateTransferable
+from ._sections import SectionPacker, pack_section, reseal_section, unpack_section
+from ._validation import validate_snapshot
+from .errors import (
+    EncodingError,
+    ImportFailed,
+    InvalidArgument,
+    MigrationError,
+    StateTransferError,
+    ValidationFailed,
+)
 
 __all__ = ["Section", "StatefulPlugin"]
 

@@ -52,12 +52,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ._checksum import MIN_SIGNING_KEY_BYTES, sign, verify_signature
+from ._container import dumps, loads
+from ._crypto import KEYRING_ENV, Keyring, reencrypt
+from ._diffing import diff_snapshots
 from ._fileio import write_atomic
 from ._loading import load_class
-from .checksum import MIN_SIGNING_KEY_BYTES, sign, verify_signature
-from .container import dumps, loads
-from .crypto import KEYRING_ENV, Keyring, reencrypt
-from .diffing import diff_snapshots
+from ._model import StateSnapshot
+from ._plugin import StateTransferable
+from ._releases import CompatReport, MigrationReport, SectionVerdict, check_compat, migrate_store
+from ._stateful import StatefulPlugin
 from .errors import (
     InvalidArgument,
     MissingDependency,
@@ -66,10 +70,6 @@ from .errors import (
     StoreNotFound,
     StoreWarning,
 )
-from .model import StateSnapshot
-from .plugin import StateTransferable
-from .releases import CompatReport, MigrationReport, SectionVerdict, check_compat, migrate_store
-from .stateful import StatefulPlugin
 from .stores import SnapshotStore, UnreadableEntry, VerifyReport, open_store
 
 __all__ = ["UsageProblem", "exit_code", "main"]
@@ -949,7 +949,7 @@ def demo(store_url: str | None, skus: int) -> None:
     backs it up and restores it in a fresh process; exit 0 only if every
     step checked out.
     """
-    from .demo import run_demo  # noqa: PLC0415 - only the demo needs it
+    from ._demo import run_demo  # noqa: PLC0415 - only the demo needs it
 
     if store_url is not None:  # a store the demo cannot use is refused before any step runs
         _with_store(store_url, lambda s: asyncio.sleep(0), create=True)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, ClassVar, Self
 
 import msgspec
 
-from .checksum import calculate_checksum
-from .model import (
+from ._checksum import calculate_checksum
+from ._model import (
     PluginMetadata,
     StateCreationReason,
     StateImportResult,
@@ -18,7 +18,7 @@ from .model import (
 )
 
 if TYPE_CHECKING:
-    from .crypto import Keyring
+    from ._crypto import Keyring
 
 __all__ = ["Plugin", "StateTransferable"]
 

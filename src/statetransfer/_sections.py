@@ -6,12 +6,12 @@ from concurrent.futures import Future
 
 import msgspec
 
+from ._codecs import Pieces
+from ._compression import compress, declared_size, decompress
+from ._crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, reseal
+from ._model import StateSection
 from ._workers import pool
-from .codecs import Pieces
-from .compression import compress, declared_size, decompress
-from .crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, reseal
 from .errors import CorruptSnapshot, DecompressionLimitExceeded, MissingKey
-from .model import StateSection
 
 __all__ = [
     "COMPRESS_MIN_SIZE",

@@ -9,11 +9,11 @@ from typing import Any
 
 import msgspec
 
-from .checksum import seal
+from ._checksum import seal
+from ._host import _export
+from ._model import StateCreationReason, StateImportResult, StateSnapshot
+from ._plugin import StateTransferable
 from .errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StoreWarning
-from .host import _export
-from .model import StateCreationReason, StateImportResult, StateSnapshot
-from .plugin import StateTransferable
 from .stores.base import SnapshotInfo, SnapshotStore
 
 __all__ = ["backup", "restore"]

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import msgspec
 
 from . import _handover
+from ._checksum import section_digest
+from ._crypto import Keyring
 from ._gate import CallGate
 from ._loading import (
     ENTRY_POINT_GROUP,
@@ -37,20 +39,18 @@ from ._loading import (
     parse_spec,
     resolve_spec,
 )
+from ._model import StateCreationReason, StateImportResult, StateSnapshot
+from ._plugin import Plugin, StateTransferable
+from ._stateful import StatefulPlugin
 from ._watching import watch_sources
-from .checksum import section_digest
-from .crypto import Keyring
 from .errors import InvalidArgument, PluginError, SnapshotNotFound, ValidationFailed
-from .model import StateCreationReason, StateImportResult, StateSnapshot
-from .plugin import Plugin, StateTransferable
-from .stateful import StatefulPlugin
 
 if TYPE_CHECKING:
     from .stores.base import SnapshotStore
 
 __all__ = ["ENTRY_POINT_GROUP", "Phase", "PluginHost", "ReloadEvent", "ReloadResult"]
 
-log = logging.getLogger("statetransfer.host")
+log = logging.getLogger("statetransfer._host")
 T = TypeVar("T")
 K = TypeVar("K")
 #: A reload's progress, in order; ``rolled_back`` ends a reload that did not swap.
@@ -293,7 +293,7 @@ class PluginHost:
 
     async def _restore(self, instance: Plugin, *, allow_older: bool) -> StateImportResult | None:
         """Import the newest snapshot of ``instance``'s id from the store; None (and a warning) when there is none."""
-        from .backup import restore  # noqa: PLC0415 - backup imports this module
+        from ._backup import restore  # noqa: PLC0415 - backup imports this module
 
         assert self.store is not None  # checked by load
         plugin_id = instance.metadata.id
@@ -526,7 +526,7 @@ class PluginHost:
         """Reload a plugin whenever its source file changes, until cancelled (or ``stop_event``).
 
         Changes are debounced; reloads of one plugin run one at a time; each
-        result is logged with :mod:`logging` (logger ``statetransfer.host``).
+        result is logged with :mod:`logging` (logger ``statetransfer._host``).
         :meth:`close` stops it too.
         """
         stop = asyncio.Event()

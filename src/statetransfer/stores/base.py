@@ -428,6 +428,10 @@ class SnapshotStore(abc.ABC):
         state: dict[str, str] = {}  # digest -> "ok" | "missing" | "damaged"
         total = len(found.headers) + sum(1 for u in found.unreadable if u.snapshot_id is not None)
         for done, (obj, header, _) in enumerate(found.headers, 1):
+            try:
+                verify_manifest(header)
+            except StateTransferError as exc:
+                problems.append(f"snapshot {header.id!r}: manifest damaged: {exc}")
             for sh in header.sections:
                 digest = sh.digest.hex()
                 referenced.add(digest)

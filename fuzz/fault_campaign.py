@@ -1,15 +1,18 @@
-"""Fault campaign: concurrent workers on one store, SIGKILLed at random, against a model of what was acknowledged.
+"""Fault campaign: workers sharing one store, SIGKILLed and stalled at random, judged against what was acknowledged.
 
 Run (all three backends, 10,000 operations each; the S3 backend runs against a
-moto server this script starts on 127.0.0.1)::
+moto server this script starts on 127.0.0.1, with ``lock_stale=3``)::
 
     python fuzz/fault_campaign.py [--ops 10000] [--backends file,sqlite,s3] [--workers 3] [--seed 1] [--json FILE]
 
 For every backend, ``--workers`` processes share ONE store and each does a
 random mix of ``put`` / ``delete`` / ``prune`` / ``verify`` / ``get``. Snapshots
 share sections from a small pool (dedup), so a delete or prune often frees a
-blob that a concurrent put is about to reuse. The parent SIGKILLs a random
-worker at random moments and starts a new one in its place.
+blob that a concurrent put is about to reuse. At random moments the parent
+SIGKILLs a random worker and starts a new one in its place, or (a share
+``--pause-share`` of the faults) SIGSTOPs it and SIGCONTs it later: a stalled
+process, which on S3 stays stopped longer than ``lock_stale``, so that others
+judge its lock dead while it is in the middle of a put or a collection.
 
 A worker prints a line only after a store call returned: the id it put, the
 id it deleted, the ids a prune removed, a verify's result, a get's result.
@@ -34,6 +37,7 @@ parent judges:
 
 The script exits non-zero on any loss, false alarm, resurrection, touched file
 or worker crash. ``tests/test_fault_campaign.py`` runs a bounded version.
+``--log FILE`` keeps every worker line (``FILE.<backend>``) for investigation.
 """
 
 from __future__ import annotations
@@ -472,7 +476,7 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
     slots = {f"w{i}": Slot(i) for i in range(args.workers)}
     for slot in slots.values():
         start(slot, url, rng, lines)
-    counts = {"kills": 0, "unexpected_exits": 0, "seq": 0}
+    counts = {"kills": 0, "pauses": 0, "unexpected_exits": 0, "seq": 0}
     stopping: set[str] = set()
 
     def take(tag: str, line: str | None) -> None:
@@ -500,7 +504,10 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
             take(*lines.get())
 
     gap = args.s3_kill_gap if backend == "s3" else args.kill_gap
-    next_kill = time.monotonic() + rng.uniform(*gap)
+    # A pause (SIGSTOP, then SIGCONT) stands for a stalled process: on S3, long enough for its lock to go stale.
+    pause_for = (args.lock_stale + 0.2, args.lock_stale + 2.0) if backend == "s3" else (0.05, 1.0)
+    paused: dict[str, tuple[Slot, float]] = {}  # tag -> (slot, when to continue it)
+    next_fault = time.monotonic() + rng.uniform(*gap)
     last_progress = time.monotonic()
     stalled = False
     target = args.s3_ops if backend == "s3" and args.s3_ops is not None else args.ops
@@ -509,12 +516,24 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
             take(*lines.get(timeout=0.02))
             last_progress = time.monotonic()
         now = time.monotonic()
-        if now >= next_kill:
+        for tag, (slot, until) in list(paused.items()):
+            if now >= until or slot.tag != tag:
+                del paused[tag]
+                if slot.tag == tag and slot.proc is not None:
+                    slot.proc.send_signal(signal.SIGCONT)
+        if now >= next_fault:
             victim = rng.choice(list(slots.values()))
-            kill(victim)
-            counts["kills"] += 1
-            start(victim, url, rng, lines)
-            next_kill = now + rng.uniform(*gap)
+            if victim.tag not in paused and rng.random() < args.pause_share:
+                assert victim.proc is not None
+                victim.proc.send_signal(signal.SIGSTOP)
+                paused[victim.tag] = (victim, now + rng.uniform(*pause_for))
+                counts["pauses"] += 1
+            else:
+                paused.pop(victim.tag, None)
+                kill(victim)
+                counts["kills"] += 1
+                start(victim, url, rng, lines)
+            next_fault = now + rng.uniform(*gap)
         if now - last_progress > args.stall:
             stalled = True
             break
@@ -541,6 +560,7 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
         backend=backend,
         ops=model.ops,
         kills=counts["kills"],
+        pauses=counts["pauses"],
         acknowledged_puts=len(model.puts),
         acknowledged_removals=len(model.removed),
         in_flight_removals=len(model.unresolved_deletes) + len(model.unresolved_prunes),
@@ -623,6 +643,7 @@ def main() -> int:
     parser.add_argument("--lock-stale", type=float, default=3.0, help="S3 lock_stale in seconds")
     parser.add_argument("--kill-gap", type=gap, default=(0.02, 0.5), help="seconds between kills: LO,HI (local)")
     parser.add_argument("--s3-kill-gap", type=gap, default=(0.5, 3.5), help="seconds between kills: LO,HI (S3)")
+    parser.add_argument("--pause-share", type=float, default=0.2, help="share of faults that are SIGSTOP pauses")
     parser.add_argument("--stall", type=float, default=120.0, help="fail when no worker reports for this long")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--log", help="write every worker line to LOG.<backend> (for investigation)")
@@ -635,8 +656,9 @@ def main() -> int:
         for backend in backends:
             r = run_backend(backend, args, rng, Path(tmp), endpoint)
             results.append(r)
-            print(f"{backend:6} ops {r['ops']:6}  kills {r['kills']:4}  acknowledged puts {r['acknowledged_puts']:5}  "
-                  f"lost {r['lost']}  false alarms {r['false_alarms']}  outside touched {r['outside_touched']}  "
+            print(f"{backend:6} ops {r['ops']:6}  kills {r['kills']:4}  pauses {r['pauses']:3}  "
+                  f"acknowledged puts {r['acknowledged_puts']:5}  lost {r['lost']}  false alarms {r['false_alarms']}  "
+                  f"outside touched {r['outside_touched']}  "
                   f"final verify {'ok' if r['final_verify_ok'] else 'PROBLEMS'}  {r['seconds']} s  "
                   f"{'FAILED' if failed(r) else 'survived'}", flush=True)  # fmt: skip
             if failed(r) or r["errors"]:

@@ -240,7 +240,7 @@ class SnapshotStore(abc.ABC):
             for digest, payload in blobs.items():
                 await self._ensure_blob(digest, payload)
             if lease is not None and not lease.fresh():  # slow put: a collector may have judged our lock dead
-                await lease.write()
+                await lease.reacquire()  # ... and may still be deleting: wait until it is done
                 for digest, payload in blobs.items():
                     await self._ensure_blob(digest, payload)
             try:
@@ -248,7 +248,10 @@ class SnapshotStore(abc.ABC):
             except FileExistsError:
                 msg = f"snapshot {snapshot.id!r} already exists in {self!r}"
                 raise StoreError(msg, snapshot_id=snapshot.id) from None
-            if lease is not None and not await lease.still_present():  # see docs/stores.md, "slow holders"
+            # See docs/stores.md, "slow holders": judged dead meanwhile, a collector that listed the manifests
+            # before ours landed may be deleting our blobs. Wait for it to finish, then write them again.
+            if lease is not None and (not lease.fresh() or not await lease.still_present()):
+                await lease.reacquire()
                 for digest, payload in blobs.items():
                     await self._ensure_blob(digest, payload)
         return info_from_header(parsed, len(manifest))

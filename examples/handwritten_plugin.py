@@ -88,12 +88,12 @@ class HandwrittenPlugin(st.StateTransferable):
                     result.warnings.extend(self.import_section(name, section))
                     result.imported_sections.append(name)
                 except (st.StateTransferError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    result.failed_sections.append(st.FailedSection(name, str(exc)))
+                    result.failed_sections.append(st.FailedSection(name=name, error=str(exc)))
         result.duration = datetime.timedelta(seconds=time.perf_counter() - started)
         return result
 
     async def validate_state(self, snapshot: st.StateSnapshot) -> st.StateValidation:
-        validation = st.StateValidation(True, True, True, {}, 1.0)
+        validation = st.StateValidation(is_valid=True, schema_compatible=True, version_compatible=True)
         if snapshot.plugin_id != self.metadata.id:
             validation.is_valid = False
             validation.compatibility_score = 0.0

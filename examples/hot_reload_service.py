@@ -15,7 +15,7 @@ import textwrap
 from pathlib import Path
 
 import statetransfer as st
-from statetransfer.host import ReloadEvent
+from statetransfer._host import ReloadEvent
 
 SOURCE = """
 import statetransfer as st

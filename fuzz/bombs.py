@@ -97,7 +97,7 @@ from fuzz.mutate import header_of, reframe
 
 def seal(section):
     snap = st.StateSnapshot("bomb", "fuzz", "2.0.0", 2, 0, {{section.name: section}}, st.StateMetadata())
-    return msgspec.structs.replace(snap, checksum=st.calculate_checksum(snap))
+    return st.seal(snap)
 
 def run(func, size):
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import statetransfer as st
 from fuzz.targets import check_manifest, check_snapshot, seed_manifests, seed_snapshots
-from statetransfer import container
+from statetransfer import _container as container
 
 MANIFEST_BODY = 6 + 32  # magic, then the SHA-256 of the body
 HOSTILE_INTS = [-1, 0, 2**31, 2**32 - 1, 2**63 - 1, 2**64 - 1, -(2**63)]

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-import msgspec
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
 from hypothesis import strategies as hs
 
 import statetransfer as st
@@ -62,7 +68,7 @@ def snapshots(draw) -> st.StateSnapshot:
 
 def seal(snapshot: st.StateSnapshot) -> st.StateSnapshot:
     """A copy of ``snapshot`` with its checksum recomputed."""
-    return msgspec.structs.replace(snapshot, checksum=st.calculate_checksum(snapshot))
+    return st.seal(snapshot)
 
 
 def simple_snapshot(**sections: bytes) -> st.StateSnapshot:
@@ -91,3 +97,34 @@ def damage(data, raw: bytes, most: int = 4) -> bytes:
         else:
             del mutated[pos]
     return bytes(mutated)
+
+
+@pytest.fixture
+def plugin_module(tmp_path, monkeypatch):
+    """A fresh importable module name in tmp_path, and a writer for its source."""
+    name = f"plug_{uuid.uuid4().hex[:12]}"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # users run with __pycache__
+    path = tmp_path / f"{name}.py"
+
+    def write(text: str) -> None:
+        path.write_text(textwrap.dedent(text))
+
+    yield name, write, path
+    sys.modules.pop(name, None)
+
+
+async def backups_with_newest_damaged(plugin, section: str, root: Path) -> tuple[st.SnapshotInfo, st.SnapshotInfo]:
+    """Two backups of ``plugin`` into the ``file://`` store at ``root`` (``section`` set to 1, then 2); the newest's
+    manifest then damaged. Returns (older, newest)."""
+    store = st.open_store(f"file://{root}")
+    setattr(plugin, section, 1)
+    older = await st.backup(plugin, store)
+    time.sleep(0.01)
+    setattr(plugin, section, 2)
+    newest = await st.backup(plugin, store)
+    path = root / "manifests" / newest.id
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return older, newest

@@ -45,3 +45,12 @@ def test_incremental_benchmark_runs(tmp_path):
     cases = json.loads(out.read_text())
     assert [c["case"].split(",")[0] for c in cases] == ["map 2 MB", "map 2 MB", "bytes 3 MB"]
     assert all(0 < c["incremental_stored_bytes"] < c["full_stored_bytes"] for c in cases)
+
+
+def test_recovery_benchmark_runs(tmp_path):
+    """benchmarks/recovery.py --quick checkpoints, kills and restarts a service, and prints its medians."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recovery.py"), "--quick"], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "export + write" in proc.stdout and "serving restored state" in proc.stdout

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import statetransfer as st
-from statetransfer.cli import main
+from statetransfer._cli import main
 
 from .conftest import seal
 from .plugins import Cache, Config

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import statetransfer as st
-from statetransfer.cli import UsageProblem, exit_code, main
+from statetransfer._cli import UsageProblem, exit_code, main
 from statetransfer.errors import (
     InvalidArgument,
     InvalidStoreURL,

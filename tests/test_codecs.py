@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 import statetransfer as st
-from statetransfer import codecs
+from statetransfer import _codecs as codecs
 from statetransfer.errors import EncodingError
 
 

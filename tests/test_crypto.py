@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 import statetransfer as st
-from statetransfer import crypto
-from statetransfer.sections import pack_section, unpack_section
+from statetransfer import _crypto as crypto
+from statetransfer._sections import pack_section, unpack_section
 
 from .conftest import seal
 

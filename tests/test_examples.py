@@ -1,4 +1,4 @@
-"""The examples run and behave as the reference describes."""
+"""The examples run and behave as their docstrings describe."""
 
 from __future__ import annotations
 
@@ -56,11 +56,11 @@ async def test_handwritten_round_trip():
 
 def _with(snapshot, section):
     snap = msgspec.structs.replace(snapshot, sections={**snapshot.sections, section.name: section})
-    return msgspec.structs.replace(snap, checksum=st.calculate_checksum(snap))
+    return st.seal(snap)
 
 
 async def test_handwritten_reference_rules():
-    """As in the reference: a too-new config is invalid; bad metrics warn; unknown sections warn."""
+    """A too-new config is invalid; bad metrics warn; unknown sections warn."""
     plugin = HandwrittenPlugin()
     snap = await plugin.export_state()
     too_new = _with(snap, st.StateSection("config", 2, b"{}"))

@@ -77,7 +77,7 @@ def test_hostile_manifests(name, data):
         check_manifest(forged, signed=SNAPSHOTS[name][1])
     except st.StateTransferError:
         return
-    from statetransfer.container import decode_header
+    from statetransfer._container import decode_header
 
     assert decode_header(body) == decode_header(raw[MANIFEST_BODY:])
 

@@ -317,7 +317,7 @@ def _forge(objects: dict[str, bytes], section: str, index: int, data: bytes) -> 
     """``objects`` with chain object ``index`` of ``section`` replaced by ``data``, digests made to match."""
     import msgspec
 
-    from statetransfer.checksum import section_digest
+    from statetransfer._checksum import section_digest
     from statetransfer.stores._chain import ChainObject
     from statetransfer.stores._manifest import manifest_bytes, parse_chained
 
@@ -428,3 +428,17 @@ async def test_sigkill_during_incremental_puts(backend, tmp_path, monkeypatch):
         await store.get(snap_id)
     assert acked
     await store.close()
+
+
+async def test_an_unchanged_section_adds_nothing():
+    """A backup whose incremental sections did not change writes no new object for them."""
+    store = memory_store()
+    plugin = Cache()
+    fill(plugin, random.Random(9), count=3000)
+    await st.backup(plugin, store)
+    before = {o.key for o in await store.list_objects("blobs/")}
+    info = await st.backup(plugin, store)
+    assert {o.key for o in await store.list_objects("blobs/")} == before
+    fresh = Cache()
+    await st.restore(fresh, store, info.id)
+    assert (fresh.entries, fresh.blob, fresh.items) == (plugin.entries, plugin.blob, plugin.items)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import statetransfer as st
-from statetransfer.migrations import _REGISTRY, find_path, make_step
+from statetransfer._migrations import _REGISTRY, find_path, make_step
 
 
 def declare(version: int, steps: list[tuple[int, int | None]], plugin_id: str = "m"):

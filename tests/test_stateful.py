@@ -1,4 +1,4 @@
-"""Declarative plugins: CONTRACT §5 validation rules, import rules, migrations, concurrency."""
+"""Declarative plugins: validation rules, import rules, migrations, concurrency."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ async def test_rule_unknown_section_preserved(filled, ring):
 
 async def test_unknown_encrypted_section_survives_round_trip(filled, ring):
     """An encrypted unknown section still decrypts after being carried into later snapshots."""
-    from statetransfer.sections import pack_section, unpack_section
+    from statetransfer._sections import pack_section, unpack_section
 
     first = await filled.export_state()
     extra = pack_section("vault", 1, b"hidden", snapshot_id=first.id, plugin_id="cache", keyring=ring, encrypt=True)

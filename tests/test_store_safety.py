@@ -18,6 +18,8 @@ import statetransfer as st
 from statetransfer.stores.file import MARKER
 from statetransfer.testing import make_snapshot
 
+from .conftest import backups_with_newest_damaged
+
 
 # -- 3. nothing outside the store is touched ------------------------------------------------------
 async def test_prune_never_empties_a_symlinked_tmp(tmp_path):
@@ -129,17 +131,8 @@ class Counter(st.StatefulPlugin):
 
 async def test_restore_refuses_when_newest_is_unreadable(tmp_path):
     """The newest manifest damaged: restore refuses naming it; allow_older restores the older one and says which."""
+    old, new = await backups_with_newest_damaged(Counter(), "value", tmp_path / "store")
     store = st.open_store(f"file://{tmp_path}/store")
-    plugin = Counter()
-    plugin.value = 1
-    old = await st.backup(plugin, store)
-    time.sleep(0.01)
-    plugin.value = 2
-    new = await st.backup(plugin, store)
-    path = tmp_path / "store" / "manifests" / new.id
-    data = bytearray(path.read_bytes())
-    data[-5] ^= 0xFF
-    path.write_bytes(bytes(data))
     fresh = Counter()
     with pytest.raises(st.StateTransferError, match=new.id) as info:
         await st.restore(fresh, store)

@@ -100,6 +100,14 @@ def test_s3_url_options():
         st.open_store("s3://bucket/p?secret_access_key=oops")
 
 
+def test_s3_lock_settings_are_checked():
+    """A lock_stale too small for S3's one-second timestamps is refused as a bad URL."""
+    with pytest.raises(st.InvalidStoreURL, match="at least 2"):
+        st.open_store("s3://bucket/p?lock_stale=0.5&endpoint=http://127.0.0.1:1")
+    with pytest.raises(st.InvalidStoreURL, match="lock_timeout"):
+        st.open_store("s3://bucket/p?lock_timeout=0&endpoint=http://127.0.0.1:1")
+
+
 def test_registry_is_read_only():
     """The backend registry is a read-only view."""
     from statetransfer.stores import registry

@@ -10,7 +10,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 import statetransfer as st
-from statetransfer.cli import main
+from statetransfer._cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

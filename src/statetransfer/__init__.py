@@ -2,11 +2,37 @@
 
 from importlib.metadata import version as _version
 
-from .backup import backup, restore
-from .checksum import calculate_checksum, sign
-from .compression import compress, decompress
-from .container import dump, dumps, load, loads
-from .crypto import Keyring, reencrypt
+from ._backup import backup, restore
+from ._checksum import calculate_checksum, seal, sign
+from ._compression import compress, decompress
+from ._container import dump, dumps, load, loads
+from ._crypto import Keyring, reencrypt
+from ._host import Phase, PluginHost, ReloadEvent, ReloadResult
+from ._migrations import migration
+from ._model import (
+    EncryptionInfo,
+    FailedSection,
+    PluginMetadata,
+    SectionValidation,
+    StateCreationReason,
+    StateImportResult,
+    StateMetadata,
+    StateSection,
+    StateSnapshot,
+    StateValidation,
+    Verdict,
+)
+from ._plugin import Plugin, StateTransferable
+from ._releases import (
+    CompatGroup,
+    CompatReport,
+    MigratedSnapshot,
+    MigrationReport,
+    SectionVerdict,
+    check_compat,
+    migrate_store,
+)
+from ._stateful import Section, StatefulPlugin, transfer_state
 from .errors import (
     ChecksumMismatch,
     CorruptSnapshot,
@@ -29,22 +55,6 @@ from .errors import (
     ValidationFailed,
     WriteFailed,
 )
-from .host import PluginHost, ReloadResult
-from .migrations import migration
-from .model import (
-    EncryptionInfo,
-    FailedSection,
-    PluginMetadata,
-    SectionValidation,
-    StateCreationReason,
-    StateImportResult,
-    StateMetadata,
-    StateSection,
-    StateSnapshot,
-    StateValidation,
-)
-from .plugin import Plugin, StateTransferable
-from .stateful import Section, StatefulPlugin, transfer_state
 from .stores import (
     ObjectInfo,
     PruneReport,
@@ -60,6 +70,8 @@ __version__ = _version("statetransfer")  # the one source of the number is pypro
 
 __all__ = [
     "ChecksumMismatch",
+    "CompatGroup",
+    "CompatReport",
     "CorruptSnapshot",
     "DecompressionLimitExceeded",
     "DecryptionFailed",
@@ -70,18 +82,23 @@ __all__ = [
     "InvalidArgument",
     "InvalidStoreURL",
     "Keyring",
+    "MigratedSnapshot",
     "MigrationError",
+    "MigrationReport",
     "MissingDependency",
     "MissingKey",
     "ObjectInfo",
+    "Phase",
     "Plugin",
     "PluginError",
     "PluginHost",
     "PluginMetadata",
     "PruneReport",
+    "ReloadEvent",
     "ReloadResult",
     "Section",
     "SectionValidation",
+    "SectionVerdict",
     "SnapshotInfo",
     "SnapshotListing",
     "SnapshotNotFound",
@@ -101,20 +118,24 @@ __all__ = [
     "StoreWarning",
     "UnreadableEntry",
     "ValidationFailed",
+    "Verdict",
     "VerifyReport",
     "WriteFailed",
     "backup",
     "calculate_checksum",
+    "check_compat",
     "compress",
     "decompress",
     "dump",
     "dumps",
     "load",
     "loads",
+    "migrate_store",
     "migration",
     "open_store",
     "reencrypt",
     "restore",
+    "seal",
     "sign",
     "transfer_state",
 ]

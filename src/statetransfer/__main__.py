@@ -1,5 +1,5 @@
 """``python -m statetransfer``: the command line."""
 
-from .cli import main
+from ._cli import main
 
 main(prog_name="statetransfer")

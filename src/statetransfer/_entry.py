@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ._cli import main as cli_main
+
 
 def main() -> None:
     """Run the command line; exit with its code.
@@ -15,8 +17,6 @@ def main() -> None:
     S3, the process ends with ``os._exit`` once every output is flushed, so
     the exit code is always the command's own.
     """
-    from .cli import main as cli_main
-
     try:
         cli_main()
         code: int = 0

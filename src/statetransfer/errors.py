@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .model import FailedSection, StateValidation
+    from ._model import FailedSection, StateValidation
 
 __all__ = [
     "ChecksumMismatch",
@@ -79,47 +79,98 @@ class ChecksumMismatch(CorruptSnapshot):
 
 
 class DecryptionFailed(StateTransferError):
-    """Authenticated decryption failed: wrong key, tampering, or a moved section."""
+    """Authenticated decryption failed: wrong key, tampering, or a moved section.
+
+    Attributes:
+        section: the section that could not be opened, when known.
+        key_id: the key it was sealed with, when known.
+        snapshot_id: the snapshot, when known.
+    """
+
+    def __init__(
+        self, message: str, *, section: str | None = None, key_id: str | None = None, snapshot_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.section = section
+        self.key_id = key_id
+        self.snapshot_id = snapshot_id
 
 
 class MissingKey(StateTransferError):
     """The keyring lacks the key a section was encrypted with."""
 
-    def __init__(self, message: str, *, key_id: str) -> None:
+    def __init__(self, message: str, *, key_id: str, section: str | None = None) -> None:
         super().__init__(message)
         self.key_id = key_id
+        self.section = section
 
 
 class DecompressionLimitExceeded(StateTransferError):
-    """Decompressed output would exceed the recorded size or ``max_size``."""
+    """Decompressed output would exceed the recorded size or ``max_size``.
+
+    Attributes:
+        section: the section concerned, when known.
+    """
+
+    def __init__(self, message: str, *, section: str | None = None) -> None:
+        super().__init__(message)
+        self.section = section
 
 
-class EncodingError(StateTransferError):
-    """A value could not be encoded or decoded as its declared type."""
+class EncodingError(StateTransferError, ValueError):
+    """A value could not be encoded or decoded as its declared type (also a ValueError).
+
+    Attributes:
+        path: where in the value, e.g. ``entries["a"][2]``, when known.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class ValidationFailed(StateTransferError):
     """A snapshot was refused because its validation failed."""
 
-    def __init__(self, message: str, *, validation: StateValidation) -> None:
+    def __init__(self, message: str, *, validation: StateValidation, snapshot_id: str | None = None) -> None:
         super().__init__(message)
         self.validation = validation
+        self.snapshot_id = snapshot_id
 
 
 class MigrationError(StateTransferError):
-    """A migration chain is ill-formed, incomplete, or one of its steps raised."""
+    """A migration chain is ill-formed, incomplete, or one of its steps raised.
+
+    Attributes:
+        section: the section whose chain failed, when known.
+    """
+
+    def __init__(self, message: str, *, section: str | None = None) -> None:
+        super().__init__(message)
+        self.section = section
 
 
 class ImportFailed(StateTransferError):
     """An atomic import failed; the plugin's live state is unchanged."""
 
-    def __init__(self, message: str, *, failed_sections: list[FailedSection] | None = None) -> None:
+    def __init__(
+        self, message: str, *, failed_sections: list[FailedSection] | None = None, snapshot_id: str | None = None
+    ) -> None:
         super().__init__(message)
         self.failed_sections = list(failed_sections or [])
+        self.snapshot_id = snapshot_id
 
 
 class PluginError(StateTransferError):
-    """A plugin could not be imported, instantiated, found or reloaded."""
+    """A plugin could not be imported, instantiated, found or reloaded.
+
+    Attributes:
+        plugin_id: the plugin concerned, when known.
+    """
+
+    def __init__(self, message: str, *, plugin_id: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin_id = plugin_id
 
 
 class InvalidArgument(StateTransferError, ValueError):

@@ -2,7 +2,8 @@
 
 - :func:`check_plugin` / :func:`acheck_plugin`: one call that exercises a
   plugin's round trip, every migration path you give a sample for, partial
-  and atomic import, and unknown-section preservation.
+  and atomic import, unknown-section preservation and, given the previous
+  release's class, state going both ways between the two releases.
 - :class:`StoreContract`: the shared test suite every snapshot store backend
   passes. Backend authors subclass it in their pytest suite and implement
   :meth:`~StoreContract.make_store` (needs pytest-asyncio in auto mode).
@@ -19,22 +20,23 @@ from typing import Any
 import msgspec
 import pytest
 
-from . import codecs
-from .checksum import calculate_checksum, sign
-from .container import dumps, loads
-from .crypto import Keyring
+from . import _codecs as codecs
+from ._checksum import seal, sign
+from ._container import dumps, loads
+from ._crypto import Keyring
+from ._migrations import find_path, missing_step
+from ._model import StateCreationReason, StateMetadata, StateSection, StateSnapshot
+from ._sections import pack_section, unpack_section
+from ._stateful import StatefulPlugin
 from .errors import (
     ChecksumMismatch,
     ImportFailed,
+    MigrationError,
     SnapshotNotFound,
     StateTransferError,
     StoreError,
     StoreWarning,
 )
-from .migrations import find_path
-from .model import StateCreationReason, StateMetadata, StateSection, StateSnapshot
-from .sections import pack_section, unpack_section
-from .stateful import StatefulPlugin
 from .stores.base import SnapshotStore, VerifyReport, blob_key
 from .stores.memory import MemoryStore
 
@@ -65,7 +67,7 @@ def make_snapshot(
         StateMetadata(reason=reason, tags=list(tags or []), expires_at=expires_at),
         "", ts * 1_000_000_000 if created_ns is None else created_ns,
     )  # fmt: skip
-    return msgspec.structs.replace(snap, checksum=calculate_checksum(snap))
+    return seal(snap)
 
 
 def _incremental_snapshot(snapshot_id: str, entries: dict[str, Any], blob: bytes) -> StateSnapshot:
@@ -78,8 +80,7 @@ def _incremental_snapshot(snapshot_id: str, entries: dict[str, Any], blob: bytes
                              metadata={"codec": "raw"}),
     }  # fmt: skip
     ts = int(time.time())
-    snap = StateSnapshot(snapshot_id, "inc", "1.0.0", 1, ts, secs, StateMetadata(), "", time.time_ns())
-    return msgspec.structs.replace(snap, checksum=calculate_checksum(snap))
+    return seal(StateSnapshot(snapshot_id, "inc", "1.0.0", 1, ts, secs, StateMetadata(), "", time.time_ns()))
 
 
 @dataclass
@@ -90,6 +91,10 @@ class PluginCheckReport:
     sections: list[str]
     migration_paths: list[tuple[str, list[int]]] = field(default_factory=list)
     unexercised_paths: list[tuple[str, int]] = field(default_factory=list)
+    #: The previous release's class, when state was exchanged with it both ways (``previous=``).
+    previous: str | None = None
+    #: Sections the rollback wrote at the previous release's version: ``(section, [from, ..., to])``.
+    downgrade_paths: list[tuple[str, list[int]]] = field(default_factory=list)
 
 
 def _values(snapshot: StateSnapshot, keyring: Any) -> dict[str, Any]:
@@ -103,7 +108,7 @@ def _values(snapshot: StateSnapshot, keyring: Any) -> dict[str, Any]:
 
 def _with_section(snapshot: StateSnapshot, section: StateSection) -> StateSnapshot:
     snap = msgspec.structs.replace(snapshot, sections={**snapshot.sections, section.name: section})
-    return msgspec.structs.replace(snap, checksum=calculate_checksum(snap))
+    return seal(snap)
 
 
 async def acheck_plugin(
@@ -113,6 +118,8 @@ async def acheck_plugin(
     keyring: Any = None,
     old_values: Mapping[tuple[str, int], Any] | None = None,
     require_all_paths: bool = False,
+    previous: type[StatefulPlugin] | None = None,
+    make_previous: Callable[[], StatefulPlugin] | None = None,
 ) -> PluginCheckReport:
     """Exercise a declarative plugin the way a host will; raise ``AssertionError`` on any misbehaviour.
 
@@ -126,17 +133,28 @@ async def acheck_plugin(
             ``(section, schema_version)``; each one is imported through its
             migration path.
         require_all_paths: fail if a migration source version has no sample.
+        previous: the previous release's class. Its state must go both ways:
+            upgrade (its export imported by ``plugin_cls`` with nothing
+            failing), then rollback (that state exported with
+            ``target_versions`` at ``previous``'s section versions, through
+            ``plugin_cls``'s downgrade steps, and imported by ``previous``,
+            equal to what it had). A missing step is named in the error.
+        make_previous: returns a populated ``previous`` instance (default:
+            ``previous(keyring=keyring)``).
     """
+    if make_previous is not None and previous is None:
+        raise TypeError("make_previous= needs previous= (the previous release's class)")
 
     def fresh() -> StatefulPlugin:
         return plugin_cls(keyring=keyring)
 
-    if make is None:
-        keyring = keyring if keyring is not None else Keyring.generate("check-plugin")
+    older = make_previous() if make_previous is not None else None
+    source = make() if make is not None else None
+    if keyring is None:
+        given = [p.keyring for p in (source, older) if p is not None and p.keyring is not None]
+        keyring = given[0] if given else Keyring.generate("check-plugin")
+    if source is None:
         source = fresh()
-    else:
-        source = make()
-        keyring = keyring if keyring is not None else source.keyring or Keyring.generate("check-plugin")
     snapshot = loads(dumps(await source.export_state()))
     report = PluginCheckReport(source.metadata.id, sorted(snapshot.sections))
 
@@ -150,7 +168,7 @@ async def acheck_plugin(
     # 2. every migration path we have a sample for
     for name, sec in plugin_cls.sections.items():
         steps = target._steps(sec)
-        for version in sorted({s.from_version for s in steps}):
+        for version in sorted({s.from_version for s in steps} - {sec.version}):  # downgrades from it: step 5
             path = find_path(steps, version, sec.version)
             if path is None:
                 continue
@@ -195,7 +213,68 @@ async def acheck_plugin(
     await target.import_state(_with_section(snapshot, unknown))
     carried = (await target.export_state()).sections.get(unknown.name)
     assert carried == unknown, "an unknown section was not carried unchanged into the next export"
+
+    # 5. state goes both ways between this release and the previous one
+    if previous is not None:
+        older = older or previous(keyring=keyring)
+        await _check_release_pair(
+            plugin_cls, previous=previous, older=older, fresh=fresh, keyring=keyring, report=report
+        )
     return report
+
+
+async def _check_release_pair(
+    plugin_cls: type[StatefulPlugin],
+    *,
+    previous: type[StatefulPlugin],
+    older: StatefulPlugin,
+    fresh: Callable[[], StatefulPlugin],
+    keyring: Any,
+    report: PluginCheckReport,
+) -> None:
+    """Upgrade ``older``'s state into ``plugin_cls``, roll it back into ``previous``: nothing may be lost."""
+    new, old = plugin_cls.__name__, previous.__name__
+    report.previous = old
+    before = loads(dumps(await older.export_state()))
+    upgraded = fresh()
+    for name, stored in before.sections.items():  # name a missing upgrade step the way export names a downgrade
+        sec = plugin_cls.sections.get(name)
+        if sec is None or stored.schema_version >= sec.version:
+            continue
+        steps = upgraded._steps(sec)
+        if find_path(steps, stored.schema_version, sec.version) is None:
+            stuck = missing_step(steps, stored.schema_version, sec.version)
+            raise AssertionError(f"upgrade from {old}: section {name!r}: no upgrade step from {stuck} to {sec.version} "
+                                 f"in {new}")  # fmt: skip
+    try:
+        result = await upgraded.import_state(before)
+    except StateTransferError as exc:
+        raise AssertionError(f"upgrade from {old} to {new} failed: {exc}") from exc
+    assert not result.failed_sections, f"upgrade from {old} to {new}: sections failed: {result.failed_sections}"
+
+    targets = {
+        name: sec.version
+        for name, sec in previous.sections.items()
+        if name in plugin_cls.sections and sec.version < plugin_cls.sections[name].version
+    }
+    try:
+        back = loads(dumps(await upgraded.export_state(target_versions=targets)))
+    except MigrationError as exc:
+        raise AssertionError(f"rollback from {new} to {old}: {exc}") from exc
+    for name, version in sorted(targets.items()):
+        path = find_path(upgraded._steps(plugin_cls.sections[name]), plugin_cls.sections[name].version, version)
+        report.downgrade_paths.append((name, [plugin_cls.sections[name].version, *(s.to_version for s in path or ())]))
+    restored = previous(keyring=keyring)
+    try:
+        result = await restored.import_state(back)
+    except StateTransferError as exc:
+        raise AssertionError(f"rollback from {new} to {old}: {old} cannot import the state: {exc}") from exc
+    assert not result.failed_sections, f"rollback from {new} to {old}: sections failed: {result.failed_sections}"
+    had, got = _values(before, keyring), _values(await restored.export_state(), keyring)
+    for name, value in had.items():
+        assert got.get(name) == value, (
+            f"upgrade to {new} and rollback to {old} changed section {name!r}: {value!r} came back as {got.get(name)!r}"
+        )
 
 
 def check_plugin(plugin_cls: type[StatefulPlugin], **options: Any) -> PluginCheckReport:

@@ -26,12 +26,12 @@ from typing import Any
 import msgspec
 from pyfastcdc import FastCDC
 
-from ..codecs import gc_paused
-from ..compression import compress, declared_size, decompress
-from ..crypto import SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, seal_exact
+from .._codecs import gc_paused
+from .._compression import compress, declared_size, decompress
+from .._crypto import SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, seal_exact
+from .._model import EncryptionInfo, StateSection
+from .._sections import SECTION_MAX_SIZE, unpack_section
 from ..errors import CorruptSnapshot, MissingKey, StateTransferError
-from ..model import EncryptionInfo, StateSection
-from ..sections import SECTION_MAX_SIZE, unpack_section
 
 __all__ = [
     "BYTES_DELTA",
@@ -192,6 +192,10 @@ class ChainState:
     offsets: list[int] = field(default_factory=list)
     #: bytes: content-defined chunk digest -> (offset, length) in the plaintext.
     chunks: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    #: The plaintext's length.
+    size: int = 0
+    #: bytes: a digest of the chunk digests in order (equal for an unchanged plaintext).
+    fingerprint: bytes = b""
     _positions: dict[bytes, int] | None = None
 
     def layout(self) -> bool:
@@ -235,20 +239,27 @@ def diff(kind: str, plain: bytes, prev: ChainState | None) -> tuple[ChainState, 
     """The state of ``plain``, and the body of the delta from ``prev`` to it.
 
     The body is None without ``prev``, or when ``prev`` (or ``plain``) is not
-    the map the chain's kind says: the put then starts a new chain.
+    the map the chain's kind says: the put then starts a new chain. It is
+    empty when ``plain`` is the previous plaintext unchanged.
     """
     if kind == "map":
         if prev is None or not prev.layout():
-            return ChainState(kind, plain), None
+            return ChainState(kind, plain, size=len(plain)), None
         walked = _map_delta(prev, plain)
         if walked is None:
-            return ChainState(kind, plain), None
+            return ChainState(kind, plain, size=len(plain)), None
         body, keys, offsets = walked
-        return ChainState(kind, plain, keys, offsets), body
+        return ChainState(kind, plain, keys, offsets, size=len(plain)), body
     table = _chunks(plain)
-    state = ChainState(kind, plain=b"", chunks={d: (o, n) for d, o, n in table})
+    fingerprint = hashlib.blake2b(b"".join(d for d, _, _ in table), digest_size=_DIGEST).digest()
+    chunks: dict[bytes, tuple[int, int]] = {}
+    for digest, offset, length in table:
+        chunks.setdefault(digest, (offset, length))
+    state = ChainState(kind, plain=b"", chunks=chunks, size=len(plain), fingerprint=fingerprint)
     if prev is None:
         return state, None
+    if prev.fingerprint == fingerprint and prev.size == len(plain):
+        return state, b""  # unchanged
     ops = _Ops(plain)
     for digest, offset, length in table:
         found = prev.chunks.get(digest)
@@ -256,7 +267,7 @@ def diff(kind: str, plain: bytes, prev: ChainState | None) -> tuple[ChainState, 
             ops.literal(offset, length)
         else:
             ops.copy(found[0], length)
-    return state, ops.body()
+    return state, ops.body(prev.size)
 
 
 # -- deltas: copies from the previous plaintext, and literal bytes -------------------------------------
@@ -290,7 +301,10 @@ class _Ops:
             self.parts.append(self.view[offset : offset + length])
         self._lit_end = offset + length
 
-    def body(self) -> bytes:
+    def body(self, previous: int) -> bytes:
+        """The encoded delta; empty when it would rebuild the ``previous`` bytes unchanged."""
+        if len(self.view) == previous and self.ops in ([0, previous], []):
+            return b""
         return _enc.encode(_Delta(self.ops, b"".join(self.parts)))
 
 
@@ -351,7 +365,10 @@ def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[i
     if head is None:
         return None
     ops = _Ops(cur)
-    ops.literal(0, head)
+    if cur[:head] == old[: o_off[0]]:
+        ops.copy(0, head)  # the same entry count
+    else:
+        ops.literal(0, head)
     keys: list[bytes] = []
     offsets: list[int] = []
     cursor, j, block = head, 0, _BLOCK
@@ -394,7 +411,7 @@ def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[i
     except (IndexError, ValueError):
         return None
     offsets.append(end)
-    return ops.body(), keys, offsets
+    return ops.body(prev.size), keys, offsets
 
 
 def apply_chain(kind: str, base: bytes, deltas: Sequence[tuple[int, bytes]], *, section: str) -> bytes | memoryview:

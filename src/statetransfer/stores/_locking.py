@@ -169,32 +169,11 @@ class ObjectLock:
         key = f"{LOCKS}{token}.{'x' if exclusive else 's'}"
         body = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "exclusive": exclusive}).encode()
         held = Held(self, key, body)
-        deadline = time.monotonic() + self.timeout
-        attempt = 0
         try:
             await held.write()
             refresher = asyncio.ensure_future(held.refresh_forever())
             try:
-                while True:
-                    found = await self._blockers(key, exclusive)
-                    if found is None:
-                        await held.write()
-                        continue
-                    blockers, yield_to_other = found
-                    if not blockers:
-                        break
-                    if time.monotonic() >= deadline:
-                        names = ", ".join(b.key.removeprefix(LOCKS) for b in blockers)
-                        msg = f"{self.store!r} stayed locked for {self.timeout:g} s by: {names}"
-                        raise StoreLocked(msg)
-                    if yield_to_other:  # step aside so the older exclusive request (or the writer) goes first
-                        await self.store.delete_object(key)
-                        held.present = False
-                        await _backoff(attempt, 0.5)
-                        await held.write()
-                    else:
-                        await _backoff(attempt, 0.2)
-                    attempt += 1
+                await self.acquire(held, exclusive)
                 yield held
             finally:
                 refresher.cancel()
@@ -203,6 +182,32 @@ class ObjectLock:
         finally:
             with contextlib.suppress(StoreError):
                 await self.store.delete_object(key)
+
+    async def acquire(self, held: Held, exclusive: bool) -> None:
+        """Wait until a listing made after ``held``'s object was written shows no conflicting live lock."""
+        deadline = time.monotonic() + self.timeout
+        attempt = 0
+        while True:
+            found = await self._blockers(held.key, exclusive)
+            if found is None:
+                await held.write()
+                continue
+            blockers, yield_to_other = found
+            if not blockers:
+                break
+            if time.monotonic() >= deadline:
+                names = ", ".join(b.key.removeprefix(LOCKS) for b in blockers)
+                msg = f"{self.store!r} stayed locked for {self.timeout:g} s by: {names}"
+                raise StoreLocked(msg)
+            if yield_to_other:  # step aside so the older exclusive request (or the writer) goes first
+                await self.store.delete_object(held.key)
+                held.present = False
+                await _backoff(attempt, 0.5)
+                await held.write()
+            else:
+                await _backoff(attempt, 0.2)
+            attempt += 1
+        held.lapsed = False
 
     async def _blockers(self, key: str, exclusive: bool) -> tuple[list[ObjectInfo], bool] | None:
         """Live locks that conflict with ours, and whether we should step aside for them.
@@ -238,13 +243,21 @@ class Held:
         self.lock = lock
         self.key = key
         self.body = body
+        self.exclusive = key.endswith(".x")
         self.present = False
-        self.refreshed = 0.0  # time.monotonic() of the last successful write
+        self.refreshed = 0.0  # time.monotonic() when the last successful write began
+        #: Whether, since the lock was acquired, its object went unrefreshed long enough that another
+        #: process may have judged it dead (and removed it, and started collecting garbage). A later
+        #: successful refresh does not undo that: the holder must acquire the lock again.
+        self.lapsed = False
 
     async def write(self) -> None:
+        begun = time.monotonic()
         await self.lock.store.write_object(self.key, self.body)
+        if self.present and time.monotonic() - self.refreshed >= self.lock.stale / 2:
+            self.lapsed = True
         self.present = True
-        self.refreshed = time.monotonic()
+        self.refreshed = begun
 
     async def refresh_forever(self) -> None:
         interval = self.lock.stale / 4
@@ -255,12 +268,23 @@ class Held:
                     await self.write()
 
     def fresh(self) -> bool:
-        """Whether no other process can yet have judged this lock dead (refreshed within half the stale time)."""
-        return time.monotonic() - self.refreshed < self.lock.stale / 2
+        """Whether no other process can yet have judged this lock dead: refreshed within half the stale
+        time, and never left unrefreshed longer than that since it was acquired."""
+        return not self.lapsed and time.monotonic() - self.refreshed < self.lock.stale / 2
 
     async def still_present(self) -> bool:
         """Whether the lock object still exists (another process removes it only after judging it dead)."""
         return await self.lock.store.stat_object(self.key) is not None
+
+    async def reacquire(self) -> None:
+        """Take the lock again after it may have lapsed: write its object, then wait out conflicting locks.
+
+        A process that judged this lock dead may be collecting garbage right now; rewriting the object
+        alone would not stop it. Once this returns, that collector has finished (or was itself judged
+        dead, and stops at its next :meth:`fresh` check), and no new one can start while we hold.
+        """
+        await self.write()
+        await self.lock.acquire(self, self.exclusive)
 
 
 async def in_thread(where: str, func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:

@@ -8,10 +8,10 @@ import struct
 
 import msgspec
 
-from ..checksum import verify_checksum, verify_signature
-from ..container import SnapshotHeader, build_header, decode_header, header_bytes
+from .._checksum import verify_checksum, verify_signature
+from .._container import SnapshotHeader, build_header, decode_header, header_bytes
+from .._model import StateCreationReason, StateSection, StateSnapshot
 from ..errors import ChecksumMismatch, CorruptSnapshot
-from ..model import StateCreationReason, StateSection, StateSnapshot
 from ._chain import ChainRef, check_chain_objects
 
 __all__ = [
@@ -33,7 +33,7 @@ _HEADER_LEN = struct.Struct(">I")
 _chains_decoder = msgspec.msgpack.Decoder(dict[str, ChainRef])
 
 
-class SnapshotInfo(msgspec.Struct, frozen=True):
+class SnapshotInfo(msgspec.Struct, frozen=True, kw_only=True):
     """What :meth:`SnapshotStore.list` tells about a snapshot without reading its data."""
 
     id: str
@@ -131,6 +131,8 @@ def info_from_header(header: SnapshotHeader, manifest_size: int) -> SnapshotInfo
     """The :class:`SnapshotInfo` of a parsed manifest of ``manifest_size`` bytes."""
     meta = header.metadata
     size = manifest_size + sum(sh.length for sh in header.sections)
-    return SnapshotInfo(header.id, header.plugin_id, header.plugin_version, header.schema_version,
-                        header.timestamp, meta.reason, list(meta.tags), meta.expires_at, size,
-                        header.created_ns)  # fmt: skip
+    return SnapshotInfo(
+        id=header.id, plugin_id=header.plugin_id, plugin_version=header.plugin_version,
+        schema_version=header.schema_version, timestamp=header.timestamp, reason=meta.reason,
+        tags=list(meta.tags), expires_at=meta.expires_at, size=size, created_ns=header.created_ns,
+    )  # fmt: skip

@@ -25,9 +25,10 @@ from typing import ClassVar, Self, TypeVar
 
 import msgspec
 
-from ..checksum import section_digest
-from ..container import SectionHeader, SnapshotHeader, assemble, build_header, decode_header
-from ..crypto import Keyring
+from .._checksum import section_digest
+from .._container import SectionHeader, SnapshotHeader, assemble, build_header, decode_header
+from .._crypto import Keyring
+from .._model import StateSection, StateSnapshot
 from ..errors import (
     ChecksumMismatch,
     CorruptSnapshot,
@@ -37,7 +38,6 @@ from ..errors import (
     StoreLocked,
     StoreWarning,
 )
-from ..model import StateSection, StateSnapshot
 from ._chain import (
     BYTES_DELTA,
     MAP_DELTA,
@@ -121,7 +121,7 @@ class ObjectInfo(msgspec.Struct, frozen=True):
     regular: bool = True
 
 
-class UnreadableEntry(msgspec.Struct, frozen=True):
+class UnreadableEntry(msgspec.Struct, frozen=True, kw_only=True):
     """A store entry that could not be read: a damaged manifest, or a stray file the store did not write."""
 
     key: str
@@ -143,7 +143,7 @@ class SnapshotListing(list[SnapshotInfo]):
         self.unreadable = list(unreadable)
 
 
-class VerifyReport(msgspec.Struct):
+class VerifyReport(msgspec.Struct, kw_only=True):
     """The result of :meth:`SnapshotStore.verify`: ``ok`` when ``problems`` is empty."""
 
     ok: bool
@@ -157,7 +157,7 @@ class VerifyReport(msgspec.Struct):
     strays: list[str] = msgspec.field(default_factory=list)
 
 
-class PruneReport(msgspec.Struct):
+class PruneReport(msgspec.Struct, kw_only=True):
     """What :meth:`SnapshotStore.prune` removed (or would remove, with ``dry_run``) and kept."""
 
     removed: list[str]
@@ -318,7 +318,7 @@ class SnapshotStore(abc.ABC):
         async with self._hold(exclusive=False) as lease:
             await secure()
             if lease is not None and not lease.fresh():  # slow put: a collector may have judged our lock dead
-                await lease.write()
+                await lease.reacquire()  # ... and may still be deleting: wait until it is done
                 await secure()
             manifest = manifest_bytes(parsed, {name: item.ref for name, item in chained.items()})
             try:
@@ -326,9 +326,14 @@ class SnapshotStore(abc.ABC):
             except FileExistsError:
                 msg = f"snapshot {snapshot.id!r} already exists in {self!r}"
                 raise StoreError(msg, snapshot_id=snapshot.id) from None
-            if lease is not None and not await lease.still_present() and await secure():  # docs/stores.md
-                manifest = manifest_bytes(parsed, {name: item.ref for name, item in chained.items()})
-                await self.write_object(MANIFESTS + snapshot.id, manifest)
+            # See docs/stores.md, "slow holders": judged dead meanwhile, a collector that listed the manifests
+            # before ours landed may be deleting our blobs. Wait for it to finish, then write them again (a chain
+            # whose shared objects went meanwhile starts afresh, and the manifest says so).
+            if lease is not None and (not lease.fresh() or not await lease.still_present()):
+                await lease.reacquire()
+                if await secure():
+                    manifest = manifest_bytes(parsed, {name: item.ref for name, item in chained.items()})
+                    await self.write_object(MANIFESTS + snapshot.id, manifest)
         memory = self._chain_memory()
         for name, item in chained.items():
             memory[snapshot.plugin_id, name] = _Remembered(snapshot.id, item.ref, item.state)
@@ -475,7 +480,9 @@ class SnapshotStore(abc.ABC):
                 blobs_removed, _ = await self._collect_garbage(lease)
         unreadable = [u for u in found.unreadable if u.snapshot_id is not None]
         _warn_unreadable(self, unreadable)
-        return PruneReport(removed, kept, dry_run, blobs_removed, unreadable)
+        return PruneReport(
+            removed=removed, kept=kept, dry_run=dry_run, blobs_removed=blobs_removed, unreadable=unreadable
+        )
 
     async def verify(
         self,
@@ -507,7 +514,7 @@ class SnapshotStore(abc.ABC):
             found = await self._read_manifests()
             blob_entries = await self.list_objects(BLOBS)
         except StateTransferError as exc:
-            return VerifyReport(False, 0, [f"cannot list the store: {exc}"])
+            return VerifyReport(ok=False, checked=0, problems=[f"cannot list the store: {exc}"])
         blobs, strays = _split_blobs(blob_entries)
         strays += [u.key for u in found.unreadable if u.snapshot_id is None]
         for entry in found.unreadable:
@@ -521,6 +528,10 @@ class SnapshotStore(abc.ABC):
         state: dict[str, str] = {}  # digest -> "ok" | "missing" | "damaged"
         total = len(found.headers) + sum(1 for u in found.unreadable if u.snapshot_id is not None)
         for done, (obj, header, _) in enumerate(found.headers, 1):
+            try:
+                verify_manifest(header)
+            except StateTransferError as exc:
+                problems.append(f"snapshot {header.id!r}: manifest damaged: {exc}")
             for name, digest, length, chained in _stored_parts(header, found.chains.get(header.id, {})):
                 referenced.add(digest)
                 if digest not in state:
@@ -539,8 +550,9 @@ class SnapshotStore(abc.ABC):
         checked = len(found.headers)
         hashed = sum(1 for s in state.values() if s != "missing") if read_data else 0
         return VerifyReport(
-            not problems, checked, problems, hashed, len(blobs - referenced), repaired, sorted(set(strays))
-        )
+            ok=not problems, checked=checked, problems=problems, blobs_checked=hashed,
+            unreferenced_blobs=len(blobs - referenced), repaired=repaired, strays=sorted(set(strays)),
+        )  # fmt: skip
 
     # -- incremental sections ----------------------------------------------------------------------
     def _chain_memory(self) -> dict[tuple[str, str], _Remembered]:
@@ -576,7 +588,11 @@ class SnapshotStore(abc.ABC):
                                              None if parent is None else parent[1])  # fmt: skip
             finally:
                 rebuilds = exact is not None and await exact
-            if parent is not None and body is not None and rebuilds:
+            if parent is not None and body == b"" and rebuilds:  # unchanged: the previous chain as it is
+                ref = ChainRef(plan.kind, parent[0].objects, plan.frames, plan.key_id, parent[0].base)
+                out[name] = _Chained(name, plan, ref, state, {})
+                continue
+            if parent is not None and body and rebuilds:
                 kind = MAP_DELTA if plan.kind == "map" else BYTES_DELTA
                 obj = await _offload(len(body), self._seal, kind, body, plan, plugin_id=snapshot.plugin_id,
                                      section=name, keyring=keyring)  # fmt: skip
@@ -790,7 +806,9 @@ class SnapshotStore(abc.ABC):
         async def read(obj: ObjectInfo) -> None:
             name = obj.key[len(MANIFESTS) :]
             if not obj.regular or not _is_safe_id(name):
-                unreadable.append(UnreadableEntry(obj.key, "not written by this store (skipped)", mtime=obj.mtime))
+                unreadable.append(
+                    UnreadableEntry(key=obj.key, reason="not written by this store (skipped)", mtime=obj.mtime)
+                )
                 return
             async with limit:
                 try:
@@ -800,7 +818,11 @@ class SnapshotStore(abc.ABC):
             try:
                 header, chained = parse_chained(data, name)
             except CorruptSnapshot as exc:
-                unreadable.append(UnreadableEntry(obj.key, str(exc), name, _peek_plugin_id(data), obj.mtime))
+                unreadable.append(
+                    UnreadableEntry(
+                        key=obj.key, reason=str(exc), snapshot_id=name, plugin_id=_peek_plugin_id(data), mtime=obj.mtime
+                    )
+                )
                 return
             headers.append((obj, header, len(data)))
             if chained:

@@ -39,6 +39,8 @@ _CONFIG_KEYS = {"endpoint", "region", "virtual_hosted_style_request", "skip_sign
 _LOCK_KEYS = {"lock_stale", "lock_timeout"}
 _BOOL_KEYS = {"virtual_hosted_style_request", "skip_signature"}
 MARKER = b"statetransfer-store/1\n"
+#: Smallest lock_stale accepted: lock times in listings have one-second resolution.
+MIN_LOCK_STALE = 2.0
 _CREDENTIAL_VARS = (
     "AWS_ACCESS_KEY_ID",
     "AWS_PROFILE",
@@ -95,6 +97,10 @@ class S3Store(SnapshotStore):
         lock_timeout: float = 600.0,
         **config: Any,
     ) -> None:
+        if not lock_stale >= MIN_LOCK_STALE or not lock_timeout > 0:
+            msg = (f"lock_stale must be at least {MIN_LOCK_STALE:g} s (S3 times have one-second resolution) "
+                   f"and lock_timeout positive; got {lock_stale!r} and {lock_timeout!r}")  # fmt: skip
+            raise InvalidStoreURL(msg)
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.create = create

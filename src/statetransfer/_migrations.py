@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from .errors import MigrationError
 
-__all__ = ["MigrationStep", "check_chain", "find_path", "migration", "registered_steps"]
+__all__ = ["MigrationStep", "check_chain", "find_path", "migration", "missing_step", "registered_steps"]
 
 F = TypeVar("F", bound=Callable[[Any], Any])
 
@@ -90,36 +90,56 @@ def _merge(steps: Iterable[MigrationStep], where: str) -> dict[int, list[Migrati
 
 
 def check_chain(steps: Iterable[MigrationStep], target: int, where: str) -> None:
-    """Reject ill-formed chains: duplicates, forward steps past ``target``, gaps.
+    """Reject ill-formed chains: duplicates, steps past ``target``, gaps.
 
-    Every version a step starts from must reach ``target``; upgrades only go
-    up and downgrades only down, so the chain has no cycles.
+    Upgrade steps (to a higher version) lead up to ``target``: every version
+    one starts from must reach it. Downgrade steps come in two kinds: from a
+    newer version down to ``target`` (older code reading newer state), and
+    from ``target`` down to older versions (newer code writing state that an
+    older release can read, for a rollback): every version one of those
+    starts from must be reachable from ``target``. No step crosses
+    ``target``, and every path only goes one way, so the chain has no cycles.
     """
     graph = _merge(steps, where)
     for from_version, outs in graph.items():
         for step in outs:
             up_past = step.from_version <= target < step.to_version
-            down_past = step.to_version < target <= step.from_version
+            down_past = step.to_version < target < step.from_version
             if up_past or down_past:
                 raise MigrationError(f"{where}: migration {step.describe()} goes past the declared version {target}")
-        if find_path(graph, from_version, target) is None:
+        if from_version == target:
+            continue
+        rollback = from_version < target and any(s.to_version < from_version for s in outs)
+        if rollback and find_path(graph, target, from_version) is None:
+            msg = f"{where}: gap in the downgrade chain: version {target} cannot reach {from_version}"
+            raise MigrationError(msg)
+        leads_to_target = from_version > target or any(s.to_version > from_version for s in outs)
+        if leads_to_target and find_path(graph, from_version, target) is None:
             raise MigrationError(f"{where}: gap in the migration chain: version {from_version} cannot reach {target}")
 
 
 def find_path(
     graph: dict[int, list[MigrationStep]] | Iterable[MigrationStep], start: int, target: int
 ) -> list[MigrationStep] | None:
-    """The shortest list of steps from ``start`` to ``target``, or None."""
+    """The shortest list of steps from ``start`` to ``target``, or None.
+
+    The path only goes one way: up through upgrade steps when ``target`` is
+    higher, down through downgrade steps when it is lower, never past ``target``.
+    """
     if not isinstance(graph, dict):
         graph = _merge(graph, "migrations")
     if start == target:
         return []
+    low, high = min(start, target), max(start, target)
+    upward = target > start
     queue: deque[tuple[int, list[MigrationStep]]] = deque([(start, [])])
     visited = {start}
     while queue:
         version, path = queue.popleft()
         for step in sorted(graph.get(version, ()), key=lambda s: abs(target - s.to_version)):
-            if step.to_version in visited:
+            if step.to_version in visited or (step.to_version > version) != upward:
+                continue
+            if not low <= step.to_version <= high:
                 continue
             walked = [*path, step]
             if step.to_version == target:
@@ -127,3 +147,17 @@ def find_path(
             visited.add(step.to_version)
             queue.append((step.to_version, walked))
     return None
+
+
+def missing_step(graph: dict[int, list[MigrationStep]] | Iterable[MigrationStep], start: int, target: int) -> int:
+    """Where a walk from ``start`` towards ``target`` gets stuck: the version nearest ``target`` it reaches.
+
+    The step that is missing goes from the returned version to ``target``
+    (or to any version between them).
+    """
+    if not isinstance(graph, dict):
+        graph = _merge(graph, "migrations")
+    low, high = min(start, target), max(start, target)
+    versions = {start, *(v for outs in graph.values() for s in outs for v in (s.from_version, s.to_version))}
+    reached = [v for v in versions if low <= v <= high and find_path(graph, start, v) is not None]
+    return min(reached, key=lambda v: abs(target - v))

@@ -1,4 +1,4 @@
-"""Snapshot-level validation rules (CONTRACT §5) and the compatibility score.
+"""Snapshot-level validation rules and the compatibility score.
 
 The compatibility score is a product of factors, each in [0, 1], so a new
 problem can only lower it (never raise it):
@@ -27,9 +27,9 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 
-from .checksum import verify_checksum
+from ._checksum import verify_checksum
+from ._model import PluginMetadata, SectionValidation, StateSnapshot, StateValidation
 from .errors import StateTransferError
-from .model import PluginMetadata, SectionValidation, StateSnapshot, StateValidation
 
 __all__ = ["FACTORS", "parse_semver", "section_factor", "validate_snapshot"]
 
@@ -87,7 +87,10 @@ def validate_snapshot(
     """
     if snapshot.plugin_id != metadata.id:
         msg = f"snapshot is for plugin {snapshot.plugin_id!r}, not {metadata.id!r}"
-        return StateValidation(False, False, False, dict(section_validations), 0.0, [msg])
+        return StateValidation(
+            is_valid=False, schema_compatible=False, version_compatible=False,
+            section_validations=dict(section_validations), compatibility_score=0.0, errors=[msg],
+        )  # fmt: skip
     errors: list[str] = []
     warnings: list[str] = []
     score = 1.0
@@ -130,6 +133,7 @@ def validate_snapshot(
         score *= FACTORS["missing"]
     is_valid = not errors and sections_ok
     return StateValidation(
-        is_valid, schema_compatible, version_compatible, dict(section_validations),
-        max(0.0, min(1.0, score)), errors, warnings,
+        is_valid=is_valid, schema_compatible=schema_compatible, version_compatible=version_compatible,
+        section_validations=dict(section_validations), compatibility_score=max(0.0, min(1.0, score)),
+        errors=errors, warnings=warnings,
     )  # fmt: skip

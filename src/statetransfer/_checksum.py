@@ -9,11 +9,12 @@ from typing import Any
 
 import msgspec
 
+from ._model import StateSnapshot
 from ._workers import pool
-from .errors import ChecksumMismatch, StateTransferError
-from .model import StateSnapshot
+from .errors import ChecksumMismatch, InvalidArgument, StateTransferError
 
 __all__ = [
+    "seal",
     "CHECKSUM_ALGORITHM",
     "MIN_SIGNING_KEY_BYTES",
     "calculate_checksum",
@@ -138,7 +139,7 @@ def verify_checksum(
 def _check_key(key: bytes) -> None:
     if not isinstance(key, bytes | bytearray) or len(key) < MIN_SIGNING_KEY_BYTES:
         msg = f"a signing key must be at least {MIN_SIGNING_KEY_BYTES} bytes of secret"
-        raise StateTransferError(msg)
+        raise InvalidArgument(msg)
 
 
 def _mac(
@@ -156,7 +157,7 @@ def sign(snapshot: StateSnapshot, key: bytes) -> StateSnapshot:
         key: a shared secret of at least 32 bytes.
 
     Raises:
-        StateTransferError: the key is too short.
+        InvalidArgument: the key is too short.
     """
     _check_key(key)
     digests = {name: section_digest(sec.data) for name, sec in snapshot.sections.items()}
@@ -165,6 +166,32 @@ def sign(snapshot: StateSnapshot, key: bytes) -> StateSnapshot:
         checksum=calculate_checksum(snapshot, digests=digests),
         signature=_mac(snapshot, key, digests),
     )
+
+
+def seal(snapshot: StateSnapshot, /, *, sign_key: bytes | None = None, **changes: Any) -> StateSnapshot:
+    """A copy of ``snapshot`` with ``changes`` applied and its checksum recomputed.
+
+    The one way to edit a snapshot: replacing fields by hand leaves a stale
+    checksum that every reader refuses. A signature no longer matches the
+    new content, so it is dropped unless ``sign_key`` is given, in which case
+    the copy is signed afresh.
+
+    Args:
+        snapshot: the snapshot to copy.
+        sign_key: re-sign the copy with this key (at least 32 bytes).
+        changes: fields of :class:`StateSnapshot` to replace (``sections=...``, ``metadata=...``, ...).
+
+    Raises:
+        InvalidArgument: a name in ``changes`` is not a field of a snapshot.
+    """
+    fields = set(snapshot.__struct_fields__)
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise InvalidArgument(f"seal(): {unknown} are not snapshot fields; choose from {sorted(fields)}")
+    out = msgspec.structs.replace(snapshot, **{**changes, "signature": None})
+    if sign_key is not None:
+        return sign(out, sign_key)
+    return msgspec.structs.replace(out, checksum=calculate_checksum(out))
 
 
 def verify_signature(

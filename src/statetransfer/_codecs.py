@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import EncodingError
+from .errors import EncodingError, InvalidArgument
 
 __all__ = ["CODECS", "SLICE_ITEMS", "Pieces", "Resized", "convert", "decode", "decode_untyped", "encode", "iter_pieces"]
 
@@ -39,7 +39,7 @@ _MSG_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL
 
 def _check_codec(codec: str) -> None:
     if codec not in CODECS:
-        raise EncodingError(f"unknown codec {codec!r}; expected one of {CODECS}")
+        raise InvalidArgument(f"unknown codec {codec!r}; expected one of {CODECS}")
 
 
 @lru_cache(maxsize=256)
@@ -150,15 +150,15 @@ def _parse_slices(table: str, size: int, where: str) -> list[tuple[int, int, int
     try:
         pairs = [tuple(int(x) for x in item.split(":")) for item in table.split(";")]
     except ValueError:
-        raise EncodingError(f"{where}: malformed slice table") from None
+        raise EncodingError(f"{where}: malformed slice table", path=where) from None
     out = []
     for i, pair in enumerate(pairs):
         if len(pair) != 2:
-            raise EncodingError(f"{where}: malformed slice table")
+            raise EncodingError(f"{where}: malformed slice table", path=where)
         start, count = pair
         end = pairs[i + 1][0] if i + 1 < len(pairs) else size
         if not _MAP32.size <= start <= end <= size or count < 0:
-            raise EncodingError(f"{where}: slice table does not fit the payload")
+            raise EncodingError(f"{where}: slice table does not fit the payload", path=where)
         out.append((start, end, count))
     return out
 
@@ -168,12 +168,12 @@ def encode(value: Any, codec: str = "msgpack", *, where: str = "value") -> bytes
     _check_codec(codec)
     if codec == "raw":
         if not isinstance(value, bytes | bytearray | memoryview):
-            raise EncodingError(f"{where}: the raw codec stores bytes, got {type(value).__name__}")
+            raise EncodingError(f"{where}: the raw codec stores bytes, got {type(value).__name__}", path=where)
         return bytes(value)
     try:
         return (_json_encoder if codec == "json" else _msgpack_encoder).encode(value)
     except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
-        raise EncodingError(f"{where}: cannot encode as {codec}: {exc}") from exc
+        raise EncodingError(f"{where}: cannot encode as {codec}: {exc}", path=where) from exc
 
 
 def _leaf_message(exc: msgspec.ValidationError) -> str:
@@ -225,13 +225,13 @@ def convert(value: Any, tp: Any, *, where: str = "value", codec: str = "msgpack"
     """Convert an untyped (decoded or migrated) value to ``tp``, naming the failing field."""
     if codec == "raw":
         if not isinstance(value, bytes | bytearray):
-            raise EncodingError(f"{where}: expected bytes, got {type(value).__name__}")
+            raise EncodingError(f"{where}: expected bytes, got {type(value).__name__}", path=where)
         return bytes(value)
     try:
         return msgspec.convert(value, tp)
     except msgspec.ValidationError as exc:
         path = _locate(value, tp, where)
-        raise EncodingError(f"{path}: {_leaf_message(exc)}") from exc
+        raise EncodingError(f"{path}: {_leaf_message(exc)}", path=path) from exc
 
 
 def decode_untyped(data: bytes | memoryview, codec: str = "msgpack", *, where: str = "value") -> Any:
@@ -242,14 +242,14 @@ def decode_untyped(data: bytes | memoryview, codec: str = "msgpack", *, where: s
     try:
         return (msgspec.json if codec == "json" else msgspec.msgpack).decode(data)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        raise EncodingError(f"{where}: not valid {codec} data: {exc}") from exc
+        raise EncodingError(f"{where}: not valid {codec} data: {exc}", path=where) from exc
 
 
 def _decode_slices(data: bytes | memoryview, tp: Any, table: str, where: str) -> Any:
     """Decode a sliced msgpack map/array one slice at a time (the GIL is released between slices)."""
     view = memoryview(data)
     if len(view) < _MAP32.size or view[0] not in (0xDF, 0xDD):
-        raise EncodingError(f"{where}: sliced payload lacks its 32-bit header")
+        raise EncodingError(f"{where}: sliced payload lacks its 32-bit header", path=where)
     is_map = view[0] == 0xDF
     decoder = _decoder("msgpack", tp)
     result: Any = {} if is_map else []
@@ -285,9 +285,9 @@ def decode(
     except msgspec.ValidationError:
         return convert(decode_untyped(data, codec, where=where), tp, where=where, codec=codec)
     except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-        raise EncodingError(f"{where}: not valid {codec} data: {exc}") from exc
+        raise EncodingError(f"{where}: not valid {codec} data: {exc}", path=where) from exc
     except TypeError as exc:  # an unsupported declared type
-        raise EncodingError(f"{where}: type {tp!r} is not supported by msgspec: {exc}") from exc
+        raise EncodingError(f"{where}: type {tp!r} is not supported by msgspec: {exc}", path=where) from exc
 
 
 def check_decodable(
@@ -316,7 +316,7 @@ def check_finite(value: Any, codec: str, *, where: str = "value") -> None:
         return  # encode() reports values that cannot be encoded at all
     path = _nonfinite_path(plain, where)
     if path is not None:
-        raise EncodingError(f"{path}: NaN or infinity cannot be stored by the json codec (use msgpack)")
+        raise EncodingError(f"{path}: NaN or infinity cannot be stored by the json codec (use msgpack)", path=path)
 
 
 def _nonfinite_path(value: Any, path: str) -> str | None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import lz4.frame
 import zstandard
 
-from .errors import CorruptSnapshot, DecompressionLimitExceeded, StateTransferError
+from .errors import CorruptSnapshot, DecompressionLimitExceeded, InvalidArgument
 
 __all__ = ["ALGORITHMS", "DEFAULT_MAX_SIZE", "compress", "declared_size", "decompress"]
 
@@ -25,7 +25,7 @@ _READ_CHUNK = 16 << 20
 def _check_algorithm(algorithm: str) -> None:
     if algorithm not in ALGORITHMS:
         msg = f"unknown compression algorithm {algorithm!r}; expected one of {ALGORITHMS}"
-        raise StateTransferError(msg)
+        raise InvalidArgument(msg)
 
 
 Buffer = bytes | bytearray | memoryview
@@ -123,7 +123,7 @@ def decompress(data: bytes | memoryview, algorithm: str = "zstd", max_size: int 
     """
     _check_algorithm(algorithm)
     if max_size < 0:
-        raise StateTransferError(f"max_size must be >= 0, got {max_size!r}")
+        raise InvalidArgument(f"max_size must be >= 0, got {max_size!r}")
     if algorithm == "none":
         if len(data) > max_size:
             raise DecompressionLimitExceeded(f"{len(data)} bytes exceed the limit of {max_size} bytes")

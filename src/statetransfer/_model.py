@@ -1,4 +1,4 @@
-"""The data model of a state snapshot and of import/validation results (CONTRACT §1)."""
+"""The data model of a state snapshot and of import/validation results."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime
 import enum
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -96,14 +96,14 @@ class StateSnapshot(msgspec.Struct):
     signature: str | None = None
 
 
-class FailedSection(msgspec.Struct):
+class FailedSection(msgspec.Struct, kw_only=True):
     """A section that could not be imported, and why."""
 
     name: str
     error: str
 
 
-class StateImportResult(msgspec.Struct):
+class StateImportResult(msgspec.Struct, kw_only=True):
     """What an import applied, what it could not, and how long it took."""
 
     imported_sections: list[str] = msgspec.field(default_factory=list)
@@ -114,7 +114,11 @@ class StateImportResult(msgspec.Struct):
     snapshot_id: str | None = None
 
 
-class SectionValidation(msgspec.Struct):
+#: What import would do with a section: take it as it is, migrate it, refuse it, or keep it aside (no such section).
+Verdict = Literal["as_is", "after_migration", "incompatible", "unknown"]
+
+
+class SectionValidation(msgspec.Struct, kw_only=True):
     """The verdict on one section of a snapshot.
 
     ``verdict`` is ``"as_is"``, ``"after_migration"``, ``"incompatible"`` or
@@ -125,11 +129,11 @@ class SectionValidation(msgspec.Struct):
     is_valid: bool = True
     errors: list[str] = msgspec.field(default_factory=list)
     warnings: list[str] = msgspec.field(default_factory=list)
-    verdict: str = "as_is"
+    verdict: Verdict = "as_is"
     migration_path: list[int] = msgspec.field(default_factory=list)
 
 
-class StateValidation(msgspec.Struct):
+class StateValidation(msgspec.Struct, kw_only=True):
     """The verdict on a whole snapshot for one plugin."""
 
     is_valid: bool

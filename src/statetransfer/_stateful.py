@@ -5,24 +5,17 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar, overload
+from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 
 import msgspec
 
-from . import codecs
-from .checksum import calculate_checksum, section_digest
-from .crypto import Keyring
-from .errors import (
-    EncodingError,
-    ImportFailed,
-    MigrationError,
-    StateTransferError,
-    ValidationFailed,
-)
-from .migrations import MigrationStep, check_chain, find_path, make_step, registered_steps
-from .model import (
+from . import _codecs as codecs
+from ._checksum import calculate_checksum, section_digest
+from ._crypto import Keyring
+from ._migrations import MigrationStep, check_chain, find_path, make_step, missing_step, registered_steps
+from ._model import (
     FailedSection,
     PluginMetadata,
     SectionValidation,
@@ -35,13 +28,23 @@ from .model import (
     new_snapshot_id,
     now,
 )
-from .plugin import StateTransferable
-from .sections import SectionPacker, reseal_section, unpack_section
-from .validation import validate_snapshot
+from ._plugin import StateTransferable
+from ._sections import SectionPacker, pack_section, reseal_section, unpack_section
+from ._validation import validate_snapshot
+from .errors import (
+    EncodingError,
+    ImportFailed,
+    InvalidArgument,
+    MigrationError,
+    StateTransferError,
+    ValidationFailed,
+)
 
 __all__ = ["Section", "StatefulPlugin"]
 
 T = TypeVar("T")
+#: Attribute names a section may not take: the base class uses them.
+_RESERVED = frozenset({"keyring", "metadata", "sections", "schema_version", "state_lock", "verify_exports"})
 F = TypeVar("F", bound=Callable[[Any], Any])
 #: Sections at least this large are packed/unpacked in a worker thread.
 _THREAD_ABOVE = 1 << 20
@@ -68,6 +71,32 @@ class Section(Generic[T]):
         default: a factory for the value when ``__init__`` does not set one.
     """
 
+    @overload
+    def __init__(
+        self: Section[T],
+        type: type[T],
+        *,
+        version: int = 1,
+        codec: str = "msgpack",
+        compress: bool | str = False,
+        level: int | None = None,
+        encrypt: bool = False,
+        validate: Callable[[Any], Iterable[str] | None] | None = None,
+        default: Callable[[], T] | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: Section[Any],
+        type: Any,
+        *,
+        version: int = 1,
+        codec: str = "msgpack",
+        compress: bool | str = False,
+        level: int | None = None,
+        encrypt: bool = False,
+        validate: Callable[[Any], Iterable[str] | None] | None = None,
+        default: Callable[[], Any] | None = None,
+    ) -> None: ...
     def __init__(
         self,
         type: Any,
@@ -78,16 +107,16 @@ class Section(Generic[T]):
         level: int | None = None,
         encrypt: bool = False,
         validate: Callable[[Any], Iterable[str] | None] | None = None,
-        default: Callable[[], T] | None = None,
+        default: Callable[[], Any] | None = None,
     ) -> None:
         if codec not in codecs.CODECS:
-            raise StateTransferError(f"unknown codec {codec!r}; expected one of {codecs.CODECS}")
+            raise InvalidArgument(f"unknown codec {codec!r}; expected one of {codecs.CODECS}")
         if not isinstance(version, int) or version < 0:
-            raise StateTransferError(f"section version must be a non-negative int, got {version!r}")
+            raise InvalidArgument(f"section version must be a non-negative int, got {version!r}")
         if compress is True:
             compress = "zstd"
         if compress not in (False, "zstd", "lz4", "none"):
-            raise StateTransferError(f"compress must be a bool, 'zstd' or 'lz4', got {compress!r}")
+            raise InvalidArgument(f"compress must be a bool, 'zstd' or 'lz4', got {compress!r}")
         self.type = type
         self.version = version
         self.codec = codec
@@ -95,7 +124,7 @@ class Section(Generic[T]):
         self.level = level
         self.encrypt = encrypt
         self.validator = validate
-        self.default = default
+        self.default: Callable[[], T] | None = default
         self.name = ""
         self.steps: list[MigrationStep] = []
 
@@ -122,8 +151,11 @@ class Section(Generic[T]):
     def migration(self, from_version: int, to_version: int | None = None) -> Callable[[F], F]:
         """Register ``func(old_value) -> new_value`` migrating ``from_version`` to ``to_version``.
 
-        ``to_version`` defaults to ``from_version + 1``. The chain is checked
-        when the class is created (gaps, duplicates, steps past ``version``).
+        ``to_version`` defaults to ``from_version + 1``. A step down from
+        ``version`` (``from_version=3, to_version=2`` in a section at version 3)
+        is a downgrade step: ``export_state(target_versions=...)`` runs it to
+        write state an older release can read. The chain is checked when the
+        class is created (gaps, duplicates, steps past ``version``).
         """
 
         def register(func: F) -> F:
@@ -131,6 +163,17 @@ class Section(Generic[T]):
             return func
 
         return register
+
+
+def _walk(value: Any, path: list[MigrationStep], where: str, kind: str) -> Any:
+    """``value`` passed through each step of ``path``; a step that raises is named in a :class:`MigrationError`."""
+    for step in path:
+        try:
+            value = step.func(value)
+        except Exception as exc:
+            msg = f"section {where!r}: {kind} {step.describe()} raised {type(exc).__name__}: {exc}"
+            raise MigrationError(msg, section=where) from exc
+    return value
 
 
 @dataclass
@@ -166,6 +209,11 @@ class StatefulPlugin(StateTransferable):
             for name, value in vars(klass).items():
                 if isinstance(value, Section):
                     found[name] = value
+        reserved = sorted(n for n in found if n in _RESERVED or n.startswith("_") or hasattr(StatefulPlugin, n))
+        if reserved:
+            msg = (f"{cls.__qualname__}: section names {reserved} collide with StatefulPlugin's own attributes "
+                   "(or are private); rename them")  # fmt: skip
+            raise InvalidArgument(msg)
         cls.sections = found
         if "schema_version" not in vars(cls) or not cls.schema_version:
             cls.schema_version = max((s.version for s in found.values()), default=1)
@@ -193,6 +241,11 @@ class StatefulPlugin(StateTransferable):
             self._state_lock = asyncio.Lock()
         return self._state_lock
 
+    @classmethod
+    def create(cls, *, keyring: Keyring | None = None) -> Self:
+        """``cls(keyring=keyring)``: how a host makes an instance."""
+        return cls(keyring=keyring)
+
     def state_schema_version(self) -> int:
         return type(self).schema_version
 
@@ -202,6 +255,39 @@ class StatefulPlugin(StateTransferable):
         check_chain(steps, sec.version, f"{type(self).__qualname__}.{sec.name}")
         return steps
 
+    def _downgrades(self, target_versions: Mapping[str, int] | None) -> dict[str, list[MigrationStep]]:
+        """Per section to export below its version: the downgrade steps, checked before anything is encoded."""
+        paths: dict[str, list[MigrationStep]] = {}
+        for name, version in (target_versions or {}).items():
+            sec = self.sections.get(name)
+            if sec is None:
+                raise MigrationError(f"target_versions names section {name!r}, which {self.metadata.id!r} lacks")
+            if not isinstance(version, int) or version < 0 or version > sec.version:
+                msg = f"section {name!r}: cannot export at version {version!r}; this code writes version {sec.version}"
+                raise MigrationError(msg)
+            steps = self._steps(sec)
+            path = find_path(steps, sec.version, version)
+            if path is None:
+                stuck = missing_step(steps, sec.version, version)
+                msg = f"section {name!r}: no downgrade step from {stuck} to {version} in {type(self).__name__}"
+                raise MigrationError(msg)
+            if path:
+                paths[name] = path
+        return paths
+
+    def _lower(
+        self, name: str, parts: list[bytes | memoryview], path: list[MigrationStep], snapshot_id: str
+    ) -> StateSection:
+        """The section ``name`` brought down ``path`` from its encoded current value, packed at the older version."""
+        sec = self.sections[name]
+        value = codecs.decode_untyped(parts[0] if len(parts) == 1 else b"".join(parts), sec.codec, where=name)
+        payload = codecs.encode(_walk(value, path, name, "downgrade"), sec.codec, where=name)
+        return pack_section(
+            name, path[-1].to_version, payload, snapshot_id=snapshot_id, plugin_id=self.metadata.id,
+            compression=sec.compression, level=sec.level, keyring=self.keyring, encrypt=sec.encrypt,
+            metadata={"codec": sec.codec},
+        )  # fmt: skip
+
     def plan(self, snapshot: StateSnapshot) -> dict[str, SectionValidation]:
         """Per section of ``snapshot``: verdict and migration path. Reads nothing, changes nothing."""
         return {name: self._plan_section(stored) for name, stored in snapshot.sections.items()}
@@ -210,13 +296,15 @@ class StatefulPlugin(StateTransferable):
         sec = self.sections.get(stored.name)
         if sec is None:
             warning = f"section {stored.name!r} is unknown to {self.metadata.id!r}; kept unchanged for the next export"
-            return SectionValidation(True, [], [warning], "unknown", [])
+            return SectionValidation(warnings=[warning], verdict="unknown")
         errors: list[str] = []
         enc = stored.encryption
         if enc is not None and (self.keyring is None or enc.key_id not in self.keyring):
             errors.append(f"section {stored.name!r} is encrypted with key {enc.key_id!r}, which the keyring lacks")
         if stored.schema_version == sec.version:
-            return SectionValidation(not errors, errors, [], "as_is" if not errors else "incompatible", [])
+            return SectionValidation(
+                is_valid=not errors, errors=errors, verdict="as_is" if not errors else "incompatible"
+            )
         try:
             path = find_path(self._steps(sec), stored.schema_version, sec.version)
         except MigrationError as exc:
@@ -225,53 +313,56 @@ class StatefulPlugin(StateTransferable):
             errors.append(
                 f"section {stored.name!r}: no migration from schema version {stored.schema_version} to {sec.version}"
             )
-            return SectionValidation(False, errors, [], "incompatible", [])
+            return SectionValidation(is_valid=False, errors=errors, verdict="incompatible")
         walked = [stored.schema_version, *(s.to_version for s in path)]
-        return SectionValidation(not errors, errors, [], "after_migration", walked)
+        return SectionValidation(is_valid=not errors, errors=errors, verdict="after_migration", migration_path=walked)
 
     # -- staging (decode + migrate + validate), pure of live state --------------------------------
-    def _stage(self, snapshot: StateSnapshot, stored: StateSection) -> _Staged:
-        sec = self.sections[stored.name]
-        where = sec.name
-        payload = unpack_section(stored, snapshot_id=snapshot.id, plugin_id=snapshot.plugin_id, keyring=self.keyring)
+    def _stage(self, snapshot_id: str, plugin_id: str, stored: StateSection) -> _Staged:
+        payload = unpack_section(stored, snapshot_id=snapshot_id, plugin_id=plugin_id, keyring=self.keyring)
+        codec = self.sections[stored.name].codec
+        return self._stage_payload(stored.name, payload, codec, stored.schema_version, stored.metadata.get("slices"))
+
+    def _stage_payload(
+        self, name: str, payload: bytes | memoryview, codec: str, version: int, slices: str | None = None
+    ) -> _Staged:
+        """Decode ``payload`` (section ``name`` at schema ``version``, encoded with ``codec``), migrate, validate."""
+        sec = self.sections[name]
         warnings: list[str] = []
-        if stored.schema_version == sec.version:
-            value = codecs.decode(payload, sec.type, sec.codec, where=where, slices=stored.metadata.get("slices"))
+        if version == sec.version:
+            value = codecs.decode(payload, sec.type, codec, where=name, slices=slices)
         else:
-            path = find_path(self._steps(sec), stored.schema_version, sec.version)
+            path = find_path(self._steps(sec), version, sec.version)
             if path is None:
-                raise MigrationError(f"section {where!r}: no migration from {stored.schema_version} to {sec.version}")
-            value = codecs.decode_untyped(payload, sec.codec, where=where)
-            for step in path:
-                try:
-                    value = step.func(value)
-                except Exception as exc:
-                    msg = f"section {where!r}: migration {step.describe()} raised {type(exc).__name__}: {exc}"
-                    raise MigrationError(msg) from exc
-            value = codecs.convert(value, sec.type, where=where, codec=sec.codec)
-            walked = " -> ".join(str(v) for v in [stored.schema_version, *(s.to_version for s in path)])
-            warnings.append(f"section {where!r} migrated {walked}")
+                msg = f"section {name!r}: no migration from {version} to {sec.version}"
+                raise MigrationError(msg, section=name)
+            value = _walk(codecs.decode_untyped(payload, codec, where=name), path, name, "migration")
+            value = codecs.convert(value, sec.type, where=name, codec=codec)
+            walked = " -> ".join(str(v) for v in [version, *(s.to_version for s in path)])
+            warnings.append(f"section {name!r} migrated {walked}")
         if sec.validator is not None:
             try:
                 problems = list(sec.validator(value) or ())
             except StateTransferError:
                 raise
             except Exception as exc:
-                raise EncodingError(f"section {where!r} failed validation: {type(exc).__name__}: {exc}") from exc
+                msg = f"section {name!r} failed validation: {type(exc).__name__}: {exc}"
+                raise EncodingError(msg, path=name) from exc
             if problems:
-                raise EncodingError(f"section {where!r} failed validation: {'; '.join(map(str, problems))}")
-        return _Staged(sec.name, value, warnings)
+                msg = f"section {name!r} failed validation: {'; '.join(map(str, problems))}"
+                raise EncodingError(msg, path=name)
+        return _Staged(name, value, warnings)
 
     async def _stage_async(self, snapshot: StateSnapshot, stored: StateSection) -> _Staged:
         if len(stored.data) >= _THREAD_ABOVE:
-            return await asyncio.to_thread(self._stage, snapshot, stored)
-        return self._stage(snapshot, stored)
+            return await asyncio.to_thread(self._stage, snapshot.id, snapshot.plugin_id, stored)
+        return self._stage(snapshot.id, snapshot.plugin_id, stored)
 
     # -- the trait --------------------------------------------------------------------------------
     async def validate_state(
         self, snapshot: StateSnapshot, *, deep: bool = False, allow_downgrade: bool = False
     ) -> StateValidation:
-        """Validate ``snapshot`` for this plugin (CONTRACT §5 rules).
+        """Validate ``snapshot`` for this plugin (the rules in the README, "Snapshots, validation, scoring").
 
         Args:
             snapshot: the snapshot to check.
@@ -318,7 +409,7 @@ class StatefulPlugin(StateTransferable):
                 f"{n}: {e}" for n, sv in validation.section_validations.items() for e in sv.errors
             ]
             msg = f"snapshot {snapshot.id!r} is not valid for {self.metadata.id!r}: {'; '.join(reasons)}"
-            raise ValidationFailed(msg, validation=validation)
+            raise ValidationFailed(msg, validation=validation, snapshot_id=snapshot.id)
         staged: list[_Staged] = []
         failed: list[FailedSection] = []
         warnings = list(validation.warnings)
@@ -330,22 +421,31 @@ class StatefulPlugin(StateTransferable):
                 unknown[name] = (stored, snapshot.id)
                 continue
             if not sv.is_valid:
-                failed.append(FailedSection(name, "; ".join(sv.errors) or f"section {name!r} is not valid"))
+                failed.append(FailedSection(name=name, error="; ".join(sv.errors) or f"section {name!r} is not valid"))
                 continue
             try:
                 staged.append(await self._stage_async(snapshot, stored))
             except StateTransferError as exc:
-                failed.append(FailedSection(name, str(exc)))
+                failed.append(FailedSection(name=name, error=str(exc)))
         if failed and not partial:
             msg = f"import of {snapshot.id!r} failed, state unchanged: " + "; ".join(f.error for f in failed)
-            raise ImportFailed(msg, failed_sections=failed)
+            raise ImportFailed(msg, failed_sections=failed, snapshot_id=snapshot.id)
         async with self.state_lock:
             for item in staged:
                 setattr(self, item.name, item.value)
                 warnings.extend(item.warnings)
             self._preserved = unknown
         imported = [item.name for item in staged]
-        return StateImportResult(imported, failed, warnings, datetime.timedelta(seconds=time.perf_counter() - started))
+        elapsed = datetime.timedelta(seconds=time.perf_counter() - started)
+        return StateImportResult(
+            imported_sections=imported, failed_sections=failed, warnings=warnings, duration=elapsed
+        )
+
+    async def export_for(
+        self, reason: StateCreationReason, *, tags: Iterable[str] = (), expires_at: int | None = None
+    ) -> StateSnapshot:
+        """:meth:`export_state` with ``reason``, ``tags`` and ``expires_at`` recorded in its metadata."""
+        return await self.export_state(reason=reason, tags=tags, expires_at=expires_at)
 
     async def export_state(
         self,
@@ -355,17 +455,25 @@ class StatefulPlugin(StateTransferable):
         expires_at: int | None = None,
         created_by: str | None = None,
         custom: dict[str, Any] | None = None,
+        target_versions: Mapping[str, int] | None = None,
     ) -> StateSnapshot:
         """A snapshot of the live state: a consistent view, taken while holding :attr:`state_lock`.
 
+        ``target_versions`` (section name -> schema version) writes those
+        sections at an older version, through the section's downgrade steps,
+        so that an older release can import the snapshot (a rollback); the
+        snapshot's schema version goes down with them. A missing step raises
+        :class:`MigrationError` naming it, before anything is encoded.
+
         Values are encoded under the lock. Dicts and lists of more than
-        ``2 * codecs.SLICE_ITEMS`` items are encoded in slices with the event
+        ``codecs.SLICE_MIN_SLICES * codecs.SLICE_ITEMS`` (262,144) items are encoded in slices with the event
         loop free between them (a 100 MB section does not stall other tasks);
         the lock is held throughout, so changes made under ``state_lock`` are
         never seen half-done — make changes to large sections under the lock.
         Compression, encryption and hashing of large sections run afterwards
         in a worker thread.
         """
+        lowering = self._downgrades(target_versions)
         snapshot_id = new_snapshot_id()
         seconds, ns = now()
         packers: dict[str, SectionPacker] = {}
@@ -374,8 +482,8 @@ class StatefulPlugin(StateTransferable):
             for name, sec in self.sections.items():
                 packer = SectionPacker(
                     name, sec.version, snapshot_id=snapshot_id, plugin_id=self.metadata.id,
-                    compression=sec.compression, level=sec.level, keyring=self.keyring, encrypt=sec.encrypt,
-                    metadata={"codec": sec.codec},
+                    compression=None if name in lowering else sec.compression, level=sec.level,
+                    keyring=self.keyring, encrypt=sec.encrypt, metadata={"codec": sec.codec},
                 )  # fmt: skip
                 value = getattr(self, name)
                 codecs.check_finite(value, sec.codec, where=name)
@@ -398,6 +506,7 @@ class StatefulPlugin(StateTransferable):
                     packer.add(kept[0])
                 packers[name] = packer
             preserved = dict(self._preserved)
+        lowered = {name: encoded[name] for name in lowering}
         if reason is StateCreationReason.HOT_RELOAD or not self.verify_exports:
             encoded.clear()  # a hot reload imports at once: that import is the check
         for name, parts in encoded.items():  # what this code could not import is never exported
@@ -405,13 +514,20 @@ class StatefulPlugin(StateTransferable):
             data = parts[0] if len(parts) == 1 else b"".join(parts)
             slices = None  # the pieces join to one valid encoding: one decode is cheapest
             if len(data) >= _THREAD_ABOVE:
+                # decoded slice by slice in the worker: msgspec holds the GIL for a whole decode, and the
+                # event loop gets it back only between slices
+                slices = packers[name].metadata.get("slices")
                 await asyncio.to_thread(codecs.check_decodable, data, sec.type, sec.codec, where=name, slices=slices)
             else:
                 codecs.check_decodable(data, sec.type, sec.codec, where=name, slices=slices)
         del encoded
         sections: dict[str, StateSection] = {}
         for name, packer in packers.items():
-            if packer.size >= _THREAD_ABOVE:
+            if name in lowering:
+                big = packer.size >= _THREAD_ABOVE
+                args = (name, lowered.pop(name), lowering[name], snapshot_id)
+                sections[name] = await asyncio.to_thread(self._lower, *args) if big else self._lower(*args)
+            elif packer.size >= _THREAD_ABOVE:
                 sections[name] = await asyncio.to_thread(packer.finish)
             else:
                 sections[name] = packer.finish()
@@ -425,7 +541,10 @@ class StatefulPlugin(StateTransferable):
             reason=reason, created_by=created_by or f"{self.metadata.id}@{self.metadata.version}",
             tags=list(tags), expires_at=expires_at, custom=dict(custom or {}),
         )  # fmt: skip
-        snapshot = StateSnapshot(snapshot_id, self.metadata.id, self.metadata.version, self.state_schema_version(),
+        schema = self.state_schema_version()
+        if lowering:  # the older release's schema: no newer than the newest section written
+            schema = min(schema, max(s.schema_version for n, s in sections.items() if n in self.sections))
+        snapshot = StateSnapshot(snapshot_id, self.metadata.id, self.metadata.version, schema,
                                  seconds, sections, metadata, "", ns)  # fmt: skip
         digests = None
         if sum(len(s.data) for s in sections.values()) >= _THREAD_ABOVE:

@@ -7,11 +7,11 @@ from typing import Any
 
 import msgspec
 
-from . import codecs
-from .crypto import Keyring
+from . import _codecs as codecs
+from ._crypto import Keyring
+from ._model import StateSnapshot
+from ._sections import unpack_section
 from .errors import StateTransferError
-from .model import StateSnapshot
-from .sections import unpack_section
 
 __all__ = ["diff_snapshots", "diff_values"]
 

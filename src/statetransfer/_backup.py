@@ -9,11 +9,12 @@ from typing import Any
 
 import msgspec
 
-from .crypto import Keyring
+from ._checksum import seal
+from ._crypto import keyring_of
+from ._host import _export
+from ._model import StateCreationReason, StateImportResult, StateSnapshot
+from ._plugin import StateTransferable
 from .errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StoreWarning
-from .host import _export
-from .model import StateCreationReason, StateImportResult, StateSnapshot
-from .plugin import StateTransferable
 from .stores.base import SnapshotInfo, SnapshotStore
 
 __all__ = ["backup", "restore"]
@@ -30,7 +31,7 @@ async def backup(
     backup); encrypted ones too, with the plugin's keyring.
     """
     snapshot = await _export(plugin, StateCreationReason.BACKUP, tags=list(tags), expires_at=expires_at)
-    return await store.put(snapshot, keyring=_keyring(plugin))
+    return await store.put(snapshot, keyring=keyring_of(plugin))
 
 
 async def restore(
@@ -62,10 +63,12 @@ async def restore(
     """
     if snapshot_id is not None:
         snapshot_id = await store.resolve(snapshot_id)
-        snapshot = await store.get(snapshot_id, keyring=_keyring(plugin))
+        snapshot = await store.get(snapshot_id, keyring=keyring_of(plugin))
         _check_expiry(snapshot, allow_expired)
     else:
         snapshot = await _newest(plugin, store, allow_older=allow_older, allow_expired=allow_expired)
+    if allow_expired and snapshot.metadata.expires_at is not None:  # lift the expiry on the copy imported
+        snapshot = seal(snapshot, metadata=msgspec.structs.replace(snapshot.metadata, expires_at=None))
     result = await plugin.import_state(snapshot, **import_options)
     return msgspec.structs.replace(result, snapshot_id=snapshot.id)
 
@@ -75,11 +78,6 @@ def _check_expiry(snapshot: StateSnapshot, allow_expired: bool) -> None:
     if not allow_expired and expires_at is not None and expires_at < time.time():
         msg = f"snapshot {snapshot.id!r} expired at {expires_at}; pass allow_expired=True to restore it anyway"
         raise SnapshotNotFound(msg, snapshot_id=snapshot.id)
-
-
-def _keyring(plugin: StateTransferable) -> Keyring | None:
-    keyring = getattr(plugin, "keyring", None)
-    return keyring if isinstance(keyring, Keyring) else None
 
 
 async def _newest(
@@ -102,7 +100,7 @@ async def _newest(
         raise CorruptSnapshot(msg, snapshot_id=first.snapshot_id)
     for info in infos:
         try:
-            return await store.get(info.id, keyring=_keyring(plugin))
+            return await store.get(info.id, keyring=keyring_of(plugin))
         except (ChecksumMismatch, CorruptSnapshot) as exc:
             if not allow_older:
                 msg = (

@@ -6,12 +6,12 @@ from concurrent.futures import Future
 
 import msgspec
 
+from ._codecs import Pieces
+from ._compression import compress, declared_size, decompress
+from ._crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, reseal
+from ._model import StateSection
 from ._workers import pool
-from .codecs import Pieces
-from .compression import compress, declared_size, decompress
-from .crypto import AES_256_GCM, SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, reseal
 from .errors import CorruptSnapshot, DecompressionLimitExceeded, MissingKey
-from .model import StateSection
 
 __all__ = [
     "COMPRESS_MIN_SIZE",
@@ -60,7 +60,9 @@ class SectionPacker:
         metadata: dict[str, str] | None = None,
     ) -> None:
         if encrypt and keyring is None:
-            raise MissingKey(f"section {name!r} is declared encrypted but the plugin has no keyring", key_id="")
+            raise MissingKey(
+                f"section {name!r} is declared encrypted but the plugin has no keyring", key_id="", section=name
+            )
         self.name = name
         self.schema_version = schema_version
         self.binding = Binding(snapshot_id, plugin_id, name, schema_version)
@@ -183,7 +185,9 @@ def unpack_section(
         if keyring is None:
             key_id = section.encryption.key_id
             raise MissingKey(
-                f"section {section.name!r} is encrypted with key {key_id!r}; no keyring given", key_id=key_id
+                f"section {section.name!r} is encrypted with key {key_id!r}; no keyring given",
+                key_id=key_id,
+                section=section.name,
             )
         bound = section.metadata.get(SEALED_IN, snapshot_id)
         binding = Binding(bound, plugin_id, section.name, section.schema_version)
@@ -196,7 +200,7 @@ def unpack_section(
             raise CorruptSnapshot(f"section {name!r}: original_size {recorded!r} is not a byte count")
         if int(recorded) > max_size:
             msg = f"section {name!r} records {recorded} bytes, above the limit of {max_size} bytes"
-            raise DecompressionLimitExceeded(msg)
+            raise DecompressionLimitExceeded(msg, section=name)
         limit = int(recorded)
     algorithm = section.metadata.get("compression", "zstd") if section.compressed else "none"
     if not section.compressed:
@@ -217,7 +221,7 @@ def unpack_section(
             declared.append(size)
         if sum(declared) > limit:
             msg = f"section {name!r}: {algorithm} frames declare {sum(declared)} bytes, above the limit of {limit}"
-            raise DecompressionLimitExceeded(msg)
+            raise DecompressionLimitExceeded(msg, section=name)
         if len(frames) > 1:  # frames are independent: decompress them on every core (the codecs release the GIL)
             parts = list(pool().map(lambda f, size: decompress(f, algorithm, max_size=size), frames, declared))
         else:

@@ -19,10 +19,10 @@ an exit code chosen by the error's type, never by its message text:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime
 import functools
-import importlib
 import itertools
 import os
 import re
@@ -52,11 +52,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ._checksum import MIN_SIGNING_KEY_BYTES, sign, verify_signature
+from ._container import dumps, loads
+from ._crypto import KEYRING_ENV, Keyring, reencrypt
+from ._diffing import diff_snapshots
 from ._fileio import write_atomic
-from .checksum import MIN_SIGNING_KEY_BYTES, sign, verify_signature
-from .container import dumps, loads
-from .crypto import KEYRING_ENV, Keyring, reencrypt
-from .diffing import diff_snapshots
+from ._loading import load_class
+from ._model import StateSnapshot
+from ._plugin import StateTransferable
+from ._releases import CompatReport, MigrationReport, SectionVerdict, check_compat, migrate_store
+from ._stateful import StatefulPlugin
 from .errors import (
     InvalidArgument,
     MissingDependency,
@@ -65,8 +70,6 @@ from .errors import (
     StoreNotFound,
     StoreWarning,
 )
-from .model import StateSnapshot
-from .plugin import StateTransferable
 from .stores import SnapshotStore, UnreadableEntry, VerifyReport, open_store
 
 __all__ = ["UsageProblem", "exit_code", "main"]
@@ -360,18 +363,15 @@ def _snapshot_arg(ref: Sequence[str], verify_key: bytes | None = None) -> StateS
 
 
 def _load_plugin_class(spec: str) -> type[StateTransferable]:
-    module_name, sep, class_name = spec.partition(":")
-    if not sep:
-        raise UsageProblem(f"plugin {spec!r} must look like 'package.module:ClassName'")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise UsageProblem(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    cls = getattr(module, class_name, None)
-    if not (isinstance(cls, type) and issubclass(cls, StateTransferable)):
+    cls = load_class(spec, search_path=os.getcwd())
+    if not issubclass(cls, StateTransferable):
         raise UsageProblem(f"{spec!r} is not a StateTransferable class")
     return cls
+
+
+def _instance(cls: type[StateTransferable], keyring: Keyring | None) -> StateTransferable:
+    """A fresh instance of a plugin class, made the way the host makes it (:meth:`Plugin.create`)."""
+    return cls.create(keyring=keyring)
 
 
 # -- output ---------------------------------------------------------------------------------------
@@ -492,15 +492,11 @@ def validate(snapshot: tuple[str, ...], plugin_spec: str, shallow: bool, as_json
     """
     cls = _load_plugin_class(plugin_spec)
     snap = _snapshot_arg(snapshot)
-    keyring = _keyring()
-    try:
-        plugin = cls(keyring=keyring)  # type: ignore[call-arg]
-    except TypeError:
-        plugin = cls()
+    plugin = _instance(cls, _keyring())
 
     async def check() -> Any:
-        if hasattr(plugin, "plan"):
-            return await plugin.validate_state(snap, deep=not shallow)  # type: ignore[call-arg]
+        if isinstance(plugin, StatefulPlugin):  # declarative plugins can also decode every section
+            return await plugin.validate_state(snap, deep=not shallow)
         return await plugin.validate_state(snap)
 
     v = _run(check())
@@ -716,6 +712,134 @@ def verify(store_url: str, read_data: bool, repair: bool, source_url: str | None
         raise SystemExit(1)
 
 
+# -- releases -------------------------------------------------------------------------------------
+def _versions_text(versions: dict[str, int]) -> str:
+    return " ".join(f"{name}={version}" for name, version in sorted(versions.items())) or "-"
+
+
+def _code_text(section_versions: dict[str, int], schema_version: int) -> str:
+    """What the code writes: its section versions, or (hand-written plugins) its schema version."""
+    return _versions_text(section_versions) if section_versions else f"schema {schema_version}"
+
+
+def _verdict_cell(v: SectionVerdict | None) -> str:
+    if v is None:
+        return "-"
+    if not v.ok:
+        return "INCOMPATIBLE"
+    if v.verdict == "after_migration":
+        return "->".join(map(str, v.migration_path))
+    return {"as_is": "ok", "unknown": "unknown (kept)", "missing": "missing"}.get(v.verdict, v.verdict)
+
+
+@_command("check-compat")
+@click.argument("store_url")
+@click.option("--plugin", "plugin_spec", required=True, help="The new code's plugin class, 'package.module:ClassName'.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check_compat_(store_url: str, plugin_spec: str, as_json: bool) -> None:
+    """Check that new code can import the state a store holds; exit 1 if not.
+
+    Groups the plugin's snapshots by plugin version and schema versions and
+    runs the code's plan() on the newest of each group, from its manifest
+    (no section data is read). Encrypted sections need --keyring.
+    """
+    cls = _load_plugin_class(plugin_spec)
+    plugin = _instance(cls, _keyring())
+    with _progress("reading manifests"):
+        report: CompatReport = _with_store(store_url, lambda s: check_compat(s, plugin))
+    _report_unreadable(report.unreadable)
+    if as_json:
+        _emit_json(report)
+    else:
+        _print_compat(report, store_url)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _print_compat(report: CompatReport, store_url: str) -> None:
+    code = f"{report.plugin_id} {report.plugin_version} ({_code_text(report.section_versions, report.schema_version)})"
+    if not report.groups:
+        out.print(f"no snapshots of plugin {report.plugin_id!r} in {store_url}: nothing to check", markup=False)
+        return
+    names = sorted({n for g in report.groups for n in g.sections})
+    rows = [[g.plugin_version, str(g.schema_version), _versions_text(g.section_versions), str(g.count),
+             short_ids([g.newest])[g.newest], *(_verdict_cell(g.sections.get(n)) for n in names),
+             "ok" if g.ok else "FAIL"] for g in report.groups]  # fmt: skip
+    _emit_table(["version", "schema", "section versions", "count", "newest", *names, "result"], rows)
+    for g in report.groups:
+        problems = [*g.errors, *(e for v in g.sections.values() for e in v.errors)]
+        for problem in problems:
+            out.print(f"  ! {g.plugin_version} ({_versions_text(g.section_versions)}): {problem}", markup=False)
+    failing = sum(g.count for g in report.groups if not g.ok)
+    verdict = "all import" if report.ok else f"{failing} snapshot(s) would fail to import"
+    out.print(f"{report.snapshots} snapshot(s) in {len(report.groups)} group(s) checked against {code}: {verdict}",
+              markup=False)  # fmt: skip
+
+
+@_command()
+@click.argument("store_url")
+@click.option("--plugin", "plugin_spec", required=True, help="The new code's plugin class, 'package.module:ClassName'.")
+@click.option("--dry-run", is_flag=True, help="Show what would be migrated and what would remain; write nothing.")
+@click.option("--delete-originals", is_flag=True, help="Delete each original once its migrated copy is stored.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def migrate(store_url: str, plugin_spec: str, dry_run: bool, delete_originals: bool, as_json: bool) -> None:
+    """Rewrite a plugin's stored snapshots to the code's schema versions.
+
+    Each snapshot holding a section older than the code writes is imported
+    (migrating it) and stored again as a new snapshot, reason "migration",
+    with the original's time, tags and expiry. Originals are kept unless
+    --delete-originals. Ends with a census of the schema versions left, so
+    migration steps nothing needs can be deleted. Exit 1 if any failed.
+    """
+    cls = _load_plugin_class(plugin_spec)
+    keyring = _keyring()
+    _instance(cls, keyring)  # a class that cannot be made fails before the store is touched
+
+    def work(store: SnapshotStore) -> Coroutine[Any, Any, MigrationReport]:
+        return migrate_store(store, lambda: _instance(cls, keyring), dry_run=dry_run,
+                             delete_originals=delete_originals)  # fmt: skip
+
+    with _progress("migrating"):
+        report = _with_store(store_url, work)
+    _report_unreadable(report.unreadable)
+    if as_json:
+        _emit_json(report)
+    else:
+        _print_migration(report)
+    if report.failed:
+        raise SystemExit(1)
+
+
+def _print_migration(report: MigrationReport) -> None:
+    counts = collections.Counter(s.outcome for s in report.snapshots)
+    target = _code_text(report.section_versions, report.schema_version)
+    done = counts["would migrate"] if report.dry_run else counts["migrated"]
+    verb = "would migrate" if report.dry_run else "migrated"
+    others = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()) if outcome not in (verb,))
+    out.print(f"{verb} {done} snapshot(s) of {report.plugin_id} to {target}" + (f" ({others})" if others else ""),
+              markup=False)  # fmt: skip
+    for s in report.snapshots:
+        detail = f"-> {s.replacement}" if s.replacement else (s.error or "")
+        gone = " (original deleted)" if s.deleted and not report.dry_run else (" (would delete)" if s.deleted else "")
+        out.print(f"  {s.original}  {_versions_text(s.section_versions)}  {s.outcome} {detail}{gone}".rstrip(),
+                  markup=False)  # fmt: skip
+    if not report.delete_originals and report.snapshots:
+        out.print("originals kept (--delete-originals removes each one once its migrated copy is stored)")
+    rows = []
+    for name, versions in report.census.items():
+        current = report.section_versions.get(name)
+        for version, n in versions.items():
+            note = ("-" if not report.section_versions else "current" if version == current
+                    else "older: its migration steps are still needed" if current is not None and version < current
+                    else "not declared by this code")  # fmt: skip
+            rows.append([name, str(version), str(n), note])
+    suffix = " (after the migration)" if report.dry_run else ""
+    out.print(f"schema versions in the store{suffix}:", markup=False)
+    _emit_table(["section", "version", "snapshots", "note"], rows)
+    if report.section_versions and not report.older_versions():
+        out.print("no snapshot holds a version older than the code's: older migration steps are no longer needed")
+
+
 # -- keys -----------------------------------------------------------------------------------------
 @_command()
 @click.option("--key-id", default="default", show_default=True, help="Id of the new encryption key.")
@@ -826,7 +950,7 @@ def demo(store_url: str | None, skus: int) -> None:
     backs it up and restores it in a fresh process; exit 0 only if every
     step checked out.
     """
-    from .demo import run_demo  # noqa: PLC0415 - only the demo needs it
+    from ._demo import run_demo  # noqa: PLC0415 - only the demo needs it
 
     if store_url is not None:  # a store the demo cannot use is refused before any step runs
         _with_store(store_url, lambda s: asyncio.sleep(0), create=True)

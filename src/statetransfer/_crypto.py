@@ -16,10 +16,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ._checksum import seal
 from ._fileio import write_atomic
-from .checksum import calculate_checksum
-from .errors import DecryptionFailed, MissingKey, StateTransferError
-from .model import EncryptionInfo, StateSection, StateSnapshot
+from ._model import EncryptionInfo, StateSection, StateSnapshot
+from .errors import DecryptionFailed, InvalidArgument, MissingKey, StateTransferError
 
 __all__ = [
     "AES_256_GCM",
@@ -30,6 +30,7 @@ __all__ = [
     "Keyring",
     "decrypt_data",
     "encrypt_data",
+    "keyring_of",
     "reencrypt",
     "reseal",
     "seal_exact",
@@ -107,9 +108,9 @@ class Keyring:
     def add(self, key_id: str, key: bytes) -> None:
         """Add ``key`` (exactly 32 bytes) under ``key_id``."""
         if not isinstance(key_id, str) or not key_id or any(c in key_id for c in ":,\x00\n"):
-            raise StateTransferError(f"invalid key id {key_id!r}: a non-empty string without ':', ',' or newlines")
+            raise InvalidArgument(f"invalid key id {key_id!r}: a non-empty string without ':', ',' or newlines")
         if not isinstance(key, bytes | bytearray) or len(key) != KEY_BYTES:
-            raise StateTransferError(f"key {key_id!r} must be exactly {KEY_BYTES} bytes")
+            raise InvalidArgument(f"key {key_id!r} must be exactly {KEY_BYTES} bytes")
         self._keys[key_id] = bytes(key)
         if self._default is None:
             self._default = key_id
@@ -133,9 +134,20 @@ class Keyring:
 
         The same passphrase and ``salt`` (at least 16 bytes; store it beside
         the backups, it is not secret) always give the same key.
+
+        Raises:
+            InvalidArgument: a passphrase that is not a str, a salt that is not
+                bytes or is shorter than 16 bytes, or an unknown ``kdf``.
         """
+        given: tuple[object, object] = (passphrase, salt)  # callers without type checking pass anything
+        if not isinstance(given[0], str):
+            msg = f"passphrase must be a str, got {type(passphrase).__name__} (decode bytes first)"
+            raise InvalidArgument(msg)
+        if not isinstance(given[1], bytes | bytearray):
+            msg = f"salt must be bytes, got {type(salt).__name__} (e.g. os.urandom(16), stored beside the backups)"
+            raise InvalidArgument(msg)
         if len(salt) < _SALT_MIN:
-            raise StateTransferError(f"salt must be at least {_SALT_MIN} bytes")
+            raise InvalidArgument(f"salt must be at least {_SALT_MIN} bytes")
         secret = passphrase.encode("utf-8")
         if kdf == "scrypt":
             key = Scrypt(salt=salt, length=KEY_BYTES, n=2**15, r=8, p=1).derive(secret)
@@ -144,7 +156,7 @@ class Keyring:
 
             key = Argon2id(salt=salt, length=KEY_BYTES, iterations=3, lanes=4, memory_cost=64 * 1024).derive(secret)
         else:
-            raise StateTransferError(f"unknown kdf {kdf!r}; expected 'scrypt' or 'argon2id'")
+            raise InvalidArgument(f"unknown kdf {kdf!r}; expected 'scrypt' or 'argon2id'")
         return cls({key_id: key})
 
     def to_json(self) -> str:
@@ -214,6 +226,12 @@ class Keyring:
         return ring
 
 
+def keyring_of(plugin: object) -> Keyring | None:
+    """The keyring a plugin carries (its ``keyring`` attribute), if any."""
+    keyring = getattr(plugin, "keyring", None)
+    return keyring if isinstance(keyring, Keyring) else None
+
+
 class Binding(NamedTuple):
     """What a sealed section is bound to (its AEAD associated data)."""
 
@@ -257,9 +275,13 @@ def encrypt_data(
     """
     key_id = key_id or keyring.default_key_id
     if key_id is None:
-        raise MissingKey(f"section {binding.section!r} asks for encryption but the keyring is empty", key_id="")
+        raise MissingKey(
+            f"section {binding.section!r} asks for encryption but the keyring is empty",
+            key_id="",
+            section=binding.section,
+        )
     if algorithm not in _CIPHERS:
-        raise StateTransferError(f"unknown encryption algorithm {algorithm!r}; expected one of {sorted(_CIPHERS)}")
+        raise InvalidArgument(f"unknown encryption algorithm {algorithm!r}; expected one of {sorted(_CIPHERS)}")
     info = EncryptionInfo(algorithm=algorithm, key_id=key_id, nonce=secrets.token_bytes(NONCE_BYTES))
     return seal_exact(plaintext, info, binding, keyring=keyring), info
 
@@ -299,7 +321,8 @@ def decrypt_data(
     """
     section = binding.section
     if len(info.nonce) != NONCE_BYTES:
-        raise DecryptionFailed(f"section {section!r}: nonce must be {NONCE_BYTES} bytes, got {len(info.nonce)}")
+        msg = f"section {section!r}: nonce must be {NONCE_BYTES} bytes, got {len(info.nonce)}"
+        raise DecryptionFailed(msg, section=section, key_id=info.key_id, snapshot_id=binding.snapshot_id)
     aead = _cipher(info, keyring)
     view = memoryview(data)
     sealed = CHUNK_SIZE + TAG_BYTES
@@ -315,9 +338,10 @@ def decrypt_data(
             f"section {section!r} of snapshot {binding.snapshot_id!r} failed to decrypt with key {info.key_id!r}: "
             "wrong key, tampered data, or the section was renamed or moved from another snapshot"
         )
-        raise DecryptionFailed(msg) from None
+        raise DecryptionFailed(msg, section=section, key_id=info.key_id, snapshot_id=binding.snapshot_id) from None
     except ValueError as exc:  # e.g. a chunk shorter than the tag
-        raise DecryptionFailed(f"section {section!r}: malformed ciphertext ({exc})") from exc
+        msg = f"section {section!r}: malformed ciphertext ({exc})"
+        raise DecryptionFailed(msg, section=section, key_id=info.key_id, snapshot_id=binding.snapshot_id) from exc
     return parts[0] if count == 1 else b"".join(parts)
 
 
@@ -353,5 +377,4 @@ def reencrypt(snapshot: StateSnapshot, keyring: Keyring, new_key_id: str) -> Sta
             sec, plugin_id=snapshot.plugin_id, from_snapshot=snapshot.id, to_snapshot=snapshot.id,
             keyring=keyring, key_id=new_key_id,
         )  # fmt: skip
-    out = msgspec.structs.replace(snapshot, sections=sections, signature=None)
-    return msgspec.structs.replace(out, checksum=calculate_checksum(out))
+    return seal(snapshot, sections=sections)

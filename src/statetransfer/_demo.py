@@ -17,8 +17,8 @@ from typing import Any
 
 from rich.console import Console
 
-from .backup import backup
-from .host import PluginHost
+from ._backup import backup
+from ._host import PluginHost
 from .stores import open_store
 
 __all__ = ["run_demo"]

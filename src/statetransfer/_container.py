@@ -12,10 +12,10 @@ from typing import IO, Any
 
 import msgspec
 
+from ._checksum import section_digest, verify_checksum, verify_signature
 from ._fileio import write_atomic
-from .checksum import section_digest, verify_checksum, verify_signature
+from ._model import EncryptionInfo, StateMetadata, StateSection, StateSnapshot
 from .errors import ChecksumMismatch, CorruptSnapshot, StateTransferError
-from .model import EncryptionInfo, StateMetadata, StateSection, StateSnapshot
 
 __all__ = [
     "FORMAT_VERSION",

@@ -61,6 +61,7 @@ from ._loading import load_class
 from ._model import StateSnapshot
 from ._plugin import StateTransferable
 from ._releases import CompatReport, MigrationReport, SectionVerdict, check_compat, migrate_store
+from ._sections import framing
 from ._stateful import StatefulPlugin
 from .errors import (
     InvalidArgument,
@@ -421,14 +422,15 @@ def describe(snapshot: StateSnapshot, *, size: int | None, signature: str) -> di
     sections = []
     for name, sec in sorted(snapshot.sections.items()):
         enc = sec.encryption
+        layout = framing(sec)
         sections.append({
             "name": name,
             "schema_version": sec.schema_version,
             "stored_size": len(sec.data),
-            "original_size": int(sec.metadata.get("original_size", len(sec.data))),
-            "compression": sec.metadata.get("compression", "zstd") if sec.compressed else None,
+            "original_size": layout.original_size or len(sec.data),
+            "compression": layout.compression if sec.compressed else None,
             "encryption": None if enc is None else {"algorithm": enc.algorithm, "key_id": enc.key_id},
-            "codec": sec.metadata.get("codec"),
+            "codec": sec.metadata.get("codec") and layout.codec,
         })  # fmt: skip
     return {
         "id": snapshot.id,

@@ -19,6 +19,7 @@ from rich.console import Console
 
 from ._backup import backup
 from ._host import PluginHost
+from ._sections import framing
 from .stores import open_store
 
 __all__ = ["run_demo"]
@@ -216,4 +217,4 @@ async def run_demo(
 
 async def _original_size(store: Any, snapshot_id: str) -> int:
     snapshot = await store.get(snapshot_id)
-    return sum(int(s.metadata.get("original_size", len(s.data))) for s in snapshot.sections.values())
+    return sum(framing(s).original_size or len(s.data) for s in snapshot.sections.values())

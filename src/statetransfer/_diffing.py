@@ -10,7 +10,7 @@ import msgspec
 from . import _codecs as codecs
 from ._crypto import Keyring
 from ._model import StateSnapshot
-from ._sections import unpack_section
+from ._sections import framing, unpack_section
 from .errors import StateTransferError
 
 __all__ = ["diff_snapshots", "diff_values"]
@@ -74,7 +74,7 @@ def diff_values(a: Any, b: Any, path: str = "", limit: int | None = None) -> dic
 
 def _decoded(snapshot: StateSnapshot, name: str, keyring: Keyring | None) -> Any:
     section = snapshot.sections[name]
-    codec = section.metadata.get("codec", "msgpack")
+    codec = framing(section).codec
     if codec not in ("msgpack", "json"):
         raise StateTransferError(f"section {name!r} uses codec {codec!r}: compared by bytes only")
     payload = unpack_section(section, snapshot_id=snapshot.id, plugin_id=snapshot.plugin_id, keyring=keyring)

@@ -15,6 +15,8 @@ from .errors import CorruptSnapshot, DecompressionLimitExceeded, MissingKey
 
 __all__ = [
     "COMPRESS_MIN_SIZE",
+    "SectionFraming",
+    "framing",
     "FRAME_MIN",
     "SEALED_IN",
     "SECTION_MAX_SIZE",
@@ -31,6 +33,60 @@ SECTION_MAX_SIZE = 4 << 30
 FRAME_MIN = 1 << 20
 #: Payloads smaller than this are not worth compressing.
 COMPRESS_MIN_SIZE = 256
+
+
+class SectionFraming(msgspec.Struct, frozen=True, kw_only=True):
+    """How a stored section is framed, as its metadata records it under the format's reserved keys.
+
+    The file format keeps these as strings in :attr:`StateSection.metadata`
+    (``codec``, ``compression``, ``original_size``, ``frames``, ``slices``,
+    ``sealed_in``; see ``docs/format.md``); :func:`framing` is their one
+    parser, so no reader handles the raw strings itself.
+    """
+
+    #: How the value was encoded: ``msgpack``, ``json`` or ``raw`` (another string from a newer writer).
+    codec: str = "msgpack"
+    #: ``zstd`` or ``lz4`` when the section is compressed, else ``none``.
+    compression: str = "none"
+    #: The size of the encoded payload before compression, when recorded.
+    original_size: int | None = None
+    #: Compressed frame lengths of a multi-frame section.
+    frames: tuple[int, ...] | None = None
+    #: The slice table of a sliced msgpack map or array.
+    slices: str | None = None
+    #: The snapshot an encrypted section carried over unchanged is bound to.
+    sealed_in: str | None = None
+
+
+def _byte_count(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 20
+
+
+def framing(section: StateSection) -> SectionFraming:
+    """The parsed framing of ``section``.
+
+    Raises:
+        CorruptSnapshot: ``original_size`` or the frame table is not made of byte counts.
+    """
+    meta = section.metadata
+    recorded = meta.get("original_size")
+    if recorded is not None and not _byte_count(recorded):
+        raise CorruptSnapshot(f"section {section.name!r}: original_size {recorded!r} is not a byte count")
+    table = meta.get("frames")
+    frames = None
+    if table is not None:
+        parts = table.split(",")
+        if not all(_byte_count(p) for p in parts):
+            raise CorruptSnapshot(f"section {section.name!r}: malformed frame table")
+        frames = tuple(int(p) for p in parts)
+    return SectionFraming(
+        codec=meta.get("codec", "msgpack"),
+        compression=meta.get("compression", "zstd") if section.compressed else "none",
+        original_size=None if recorded is None else int(recorded),
+        frames=frames,
+        slices=meta.get("slices"),
+        sealed_in=meta.get(SEALED_IN),
+    )
 
 
 class SectionPacker:
@@ -152,17 +208,12 @@ def pack_section(
     return packer.finish()
 
 
-def _frame_lengths(section: StateSection, data_size: int) -> list[int] | None:
-    table = section.metadata.get("frames")
-    if table is None:
+def _frame_lengths(section: StateSection, frames: tuple[int, ...] | None, data_size: int) -> list[int] | None:
+    if frames is None:
         return None
-    parts = table.split(",")
-    if not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):
-        raise CorruptSnapshot(f"section {section.name!r}: malformed frame table")
-    lengths = [int(p) for p in parts]
-    if sum(lengths) != data_size:
+    if sum(frames) != data_size:
         raise CorruptSnapshot(f"section {section.name!r}: frame table does not add up to the stored size")
-    return lengths
+    return list(frames)
 
 
 def unpack_section(
@@ -181,6 +232,7 @@ def unpack_section(
         CorruptSnapshot: the recorded sizes or algorithms are malformed.
     """
     data = section.data
+    layout = framing(section)
     if section.encryption is not None:
         if keyring is None:
             key_id = section.encryption.key_id
@@ -189,25 +241,23 @@ def unpack_section(
                 key_id=key_id,
                 section=section.name,
             )
-        bound = section.metadata.get(SEALED_IN, snapshot_id)
+        bound = layout.sealed_in or snapshot_id
         binding = Binding(bound, plugin_id, section.name, section.schema_version)
         data = decrypt_data(data, section.encryption, binding, keyring=keyring)
     name = section.name
     limit = max_size
-    recorded = section.metadata.get("original_size")
+    recorded = layout.original_size
     if recorded is not None:
-        if not (recorded.isascii() and recorded.isdigit()) or len(recorded) > 20:
-            raise CorruptSnapshot(f"section {name!r}: original_size {recorded!r} is not a byte count")
-        if int(recorded) > max_size:
+        if recorded > max_size:
             msg = f"section {name!r} records {recorded} bytes, above the limit of {max_size} bytes"
             raise DecompressionLimitExceeded(msg, section=name)
-        limit = int(recorded)
-    algorithm = section.metadata.get("compression", "zstd") if section.compressed else "none"
+        limit = recorded
+    algorithm = layout.compression
     if not section.compressed:
         out = decompress(data, algorithm, max_size=limit)
     else:
         view = memoryview(data)
-        lengths = _frame_lengths(section, len(view)) or [len(view)]
+        lengths = _frame_lengths(section, layout.frames, len(view)) or [len(view)]
         frames, start = [], 0
         for length in lengths:
             frames.append(view[start : start + length])

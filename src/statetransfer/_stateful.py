@@ -29,7 +29,7 @@ from ._model import (
     now,
 )
 from ._plugin import StateTransferable
-from ._sections import SectionPacker, pack_section, reseal_section, unpack_section
+from ._sections import SectionPacker, framing, pack_section, reseal_section, unpack_section
 from ._validation import validate_snapshot
 from .errors import (
     EncodingError,
@@ -321,7 +321,7 @@ class StatefulPlugin(StateTransferable):
     def _stage(self, snapshot_id: str, plugin_id: str, stored: StateSection) -> _Staged:
         payload = unpack_section(stored, snapshot_id=snapshot_id, plugin_id=plugin_id, keyring=self.keyring)
         codec = self.sections[stored.name].codec
-        return self._stage_payload(stored.name, payload, codec, stored.schema_version, stored.metadata.get("slices"))
+        return self._stage_payload(stored.name, payload, codec, stored.schema_version, framing(stored).slices)
 
     def _stage_payload(
         self, name: str, payload: bytes | memoryview, codec: str, version: int, slices: str | None = None

@@ -26,7 +26,7 @@ from ._container import dumps, loads
 from ._crypto import Keyring
 from ._migrations import find_path, missing_step
 from ._model import StateCreationReason, StateMetadata, StateSection, StateSnapshot
-from ._sections import pack_section, unpack_section
+from ._sections import framing, pack_section, unpack_section
 from ._stateful import StatefulPlugin
 from .errors import (
     ChecksumMismatch,
@@ -102,7 +102,7 @@ def _values(snapshot: StateSnapshot, keyring: Any) -> dict[str, Any]:
     out = {}
     for name, sec in snapshot.sections.items():
         payload = unpack_section(sec, snapshot_id=snapshot.id, plugin_id=snapshot.plugin_id, keyring=keyring)
-        out[name] = codecs.decode_untyped(payload, sec.metadata.get("codec", "msgpack"), where=name)
+        out[name] = codecs.decode_untyped(payload, framing(sec).codec, where=name)
     return out
 
 

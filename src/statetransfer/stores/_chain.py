@@ -28,9 +28,9 @@ from pyfastcdc import FastCDC
 
 from .._codecs import gc_paused
 from .._compression import compress, declared_size, decompress
-from .._crypto import SEALED_IN, Binding, Keyring, decrypt_data, encrypt_data, seal_exact
+from .._crypto import Binding, Keyring, decrypt_data, encrypt_data, seal_exact
 from .._model import EncryptionInfo, StateSection
-from .._sections import SECTION_MAX_SIZE, unpack_section
+from .._sections import SECTION_MAX_SIZE, framing, unpack_section
 from ..errors import CorruptSnapshot, MissingKey, StateTransferError
 
 __all__ = [
@@ -471,9 +471,11 @@ def _frame_sizes(section: StateSection, opened: bytes) -> list[int] | None:
     """Plaintext size of each compression frame of ``opened`` (the section's bytes, unsealed); None if undeclared."""
     if not section.compressed:
         return []
-    algorithm = section.metadata.get("compression", "zstd")
-    table = section.metadata.get("frames")
-    lengths = [int(x) for x in table.split(",")] if table else [len(opened)]
+    layout = framing(section)
+    algorithm = layout.compression
+    lengths = list(layout.frames) if layout.frames else [len(opened)]
+    if sum(lengths) != len(opened):
+        return None
     sizes = []
     start = 0
     view = memoryview(opened)
@@ -487,14 +489,14 @@ def _frame_sizes(section: StateSection, opened: bytes) -> list[int] | None:
 
 
 def _sealed_in(section: StateSection, snapshot_id: str, plugin_id: str) -> Binding:
-    return Binding(section.metadata.get(SEALED_IN, snapshot_id), plugin_id, section.name, section.schema_version)
+    return Binding(framing(section).sealed_in or snapshot_id, plugin_id, section.name, section.schema_version)
 
 
 def _compress_frames(section: StateSection, plain: bytes | memoryview, frames: list[int]) -> bytes:
     """The plaintext compressed frame by frame as the section was (itself when not compressed)."""
     if not section.compressed:
         return bytes(plain)
-    algorithm = section.metadata.get("compression", "zstd")
+    algorithm = framing(section).compression
     if sum(frames) != len(plain):
         raise CorruptSnapshot(f"section {section.name!r}: frame sizes do not add up to the plaintext")
     view, parts, start = memoryview(plain), [], 0
@@ -558,8 +560,9 @@ def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, key
         plain = unpack_section(unsealed, snapshot_id=snapshot_id, plugin_id=plugin_id)
     except (StateTransferError, ValueError):
         return None
-    kind = kind_of(plain, section.metadata.get("codec"))
-    bound = section.metadata.get(SEALED_IN, snapshot_id)
+    layout = framing(section)
+    kind = kind_of(plain, layout.codec)
+    bound = layout.sealed_in or snapshot_id
     base = ChainBase(bound, section.schema_version, section.compressed, enc, section.metadata)
     key_id, algorithm = (None, "") if enc is None else (enc.key_id, enc.algorithm)
     return Plan(section, kind, plain, opened, frames, key_id, algorithm, base)

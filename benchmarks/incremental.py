@@ -23,10 +23,15 @@ import os
 import random
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fuzz package: its moto server
+
+from fuzz.fault_campaign import BUCKET
 
 import statetransfer as st
 
@@ -82,7 +87,7 @@ async def map_case(tmp: Path, mb: int, sealed: bool, rounds: int, s3: str | None
     plugin.cache = make_map(mb, rnd)
     tag = "sealed" if sealed else "plain"
     urls = {
-        kind: f"s3://snapshots/{kind}-{tag}?endpoint={s3}&region=us-east-1" if s3 else f"file://{tmp}/{kind}-{tag}"
+        kind: f"s3://{BUCKET}/{kind}-{tag}?endpoint={s3}&region=us-east-1" if s3 else f"file://{tmp}/{kind}-{tag}"
         for kind in ("inc", "full")
     }
     inc = st.open_store(urls["inc"])
@@ -164,30 +169,6 @@ async def bytes_case(tmp: Path, mb: int, backups: int = 2) -> dict[str, Any]:
     }
 
 
-def start_moto() -> tuple[str, Any]:
-    """A moto S3 server on a free loopback port with bucket ``snapshots``: (endpoint, stop)."""
-    import logging
-    import socket
-    import urllib.request
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true")):  # fmt: skip
-        os.environ.setdefault(name, value)
-    endpoint = f"http://127.0.0.1:{port}"
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/snapshots", method="PUT"), timeout=10).close()
-    return endpoint, server.stop
-
-
 def show(results: list[dict[str, Any]]) -> None:
     for r in results:
         print(f"\n{r['case']}")
@@ -218,12 +199,11 @@ async def main() -> None:
         results.append(await bytes_case(Path(tmp), args.bytes_mb, args.bytes_backups))
         show(results[-1:])
         if args.s3 and not args.only_bytes:
-            endpoint, stop = start_moto()
-            try:
+            from fuzz.fault_campaign import moto_server
+
+            with moto_server() as endpoint:
                 results.append(await map_case(Path(tmp), args.map_mb, False, rounds, endpoint))
                 show(results[-1:])
-            finally:
-                stop()
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -347,3 +347,21 @@ async def test_load_test_zero_lost_calls(plugin_module):
     assert all(r.rolled_back for broken, r in results if broken)
     assert all(r.ok for broken, r in results if not broken)
     assert sum(1 for broken, _ in results if broken) == 16
+
+
+async def test_use_with_the_plugin_class(plugin_module):
+    """use(id, Class) yields the instance, also after a reload re-executed the class; a wrong class is a TypeError."""
+    name, write, _ = plugin_module
+    host = await loaded(plugin_module)
+    async with host.use("counter") as first:
+        cls = type(first)
+    async with host.use("counter", cls) as served:
+        assert type(served) is cls
+    write(render(version="1.1.0", tag="v2"))
+    assert (await host.reload("counter")).ok
+    async with host.use("counter", cls) as served:
+        assert type(served) is not cls and type(served).__qualname__ == cls.__qualname__
+    with pytest.raises(TypeError, match="not a dict"):
+        async with host.use("counter", dict):
+            pass
+    await host.close()

@@ -11,7 +11,6 @@ import msgspec
 
 from ._checksum import seal
 from ._crypto import keyring_of
-from ._host import _export
 from ._model import StateCreationReason, StateImportResult, StateSnapshot
 from ._plugin import StateTransferable
 from .errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StoreWarning
@@ -30,7 +29,7 @@ async def backup(
     sections are kept incrementally (only what changed since the previous
     backup); encrypted ones too, with the plugin's keyring.
     """
-    snapshot = await _export(plugin, StateCreationReason.BACKUP, tags=list(tags), expires_at=expires_at)
+    snapshot = await plugin.export_for(StateCreationReason.BACKUP, tags=tags, expires_at=expires_at)
     return await store.put(snapshot, keyring=keyring_of(plugin))
 
 

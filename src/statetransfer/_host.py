@@ -22,13 +22,13 @@ import types
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 import msgspec
 
 from . import _handover
 from ._checksum import section_digest
-from ._crypto import Keyring
+from ._crypto import Keyring, keyring_of
 from ._gate import CallGate
 from ._loading import (
     ENTRY_POINT_GROUP,
@@ -452,7 +452,7 @@ class PluginHost:
         written = None
         if always or digests != slot.digests:
             async with asyncio.timeout(self.reload_timeout):
-                written = (await self.store.put(snapshot)).id
+                written = (await self.store.put(snapshot, keyring=keyring_of(slot.instance))).id
         if snapshot.created_ns >= slot.checkpointed_ns:
             slot.digests, slot.checkpointed_ns = digests, snapshot.created_ns
             slot.checkpointed_calls = max(slot.checkpointed_calls, export.calls)
@@ -469,17 +469,39 @@ class PluginHost:
             log.exception("on_unload of %r failed (ignored)", plugin_id)
 
     # -- calls ------------------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def use(self, plugin_id: str) -> AsyncIterator[Any]:
+    @overload
+    def use(self, plugin_id: str) -> contextlib.AbstractAsyncContextManager[Any]: ...
+    @overload
+    def use(self, plugin_id: str, kind: type[T]) -> contextlib.AbstractAsyncContextManager[T]: ...
+    def use(self, plugin_id: str, kind: type[Any] | None = None) -> contextlib.AbstractAsyncContextManager[Any]:
         """Enter a call to ``plugin_id``; yields the instance serving it.
 
         While a reload holds callers, new callers wait (up to
         ``acquire_timeout`` seconds, then :class:`PluginError`); calls already
         in flight finish first.
+
+        Args:
+            plugin_id: the plugin to call.
+            kind: the plugin's class, so type checkers know what is yielded
+                (``async with host.use("cache", Cache) as cache``). A reload
+                re-executes the class's module, so the instance is accepted
+                when its class has the same module and qualified name.
+
+        Raises:
+            PluginError: no such plugin, or it stayed paused past ``acquire_timeout``.
+            TypeError: the serving instance is not a ``kind``.
         """
+        return self._use(plugin_id, kind)
+
+    @contextlib.asynccontextmanager
+    async def _use(self, plugin_id: str, kind: type[Any] | None) -> AsyncIterator[Any]:
         slot = self._slot(plugin_id)
         async with slot.gate.enter(self.acquire_timeout):
-            yield slot.instance
+            instance = slot.instance
+            if kind is not None and not _is_kind(instance, kind):
+                msg = f"plugin {plugin_id!r} is a {type(instance).__qualname__}, not a {kind.__qualname__}"
+                raise TypeError(msg)
+            yield instance
 
     # -- reload -----------------------------------------------------------------------------------
     async def reload(self, plugin_id: str) -> ReloadResult:
@@ -957,6 +979,8 @@ async def _in_daemon_thread(func: Callable[[], T]) -> T:
     return await future
 
 
-async def _export(plugin: StateTransferable, reason: StateCreationReason, **options: Any) -> StateSnapshot:
-    """``plugin.export_for(reason, tags=..., expires_at=...)`` (kept for callers of the former helper)."""
-    return await plugin.export_for(reason, tags=options.get("tags") or (), expires_at=options.get("expires_at"))
+def _is_kind(instance: object, kind: type[Any]) -> bool:
+    """``isinstance``, or an instance of the same class re-executed by a reload (same module and name)."""
+    if isinstance(instance, kind):
+        return True
+    return any(c.__module__ == kind.__module__ and c.__qualname__ == kind.__qualname__ for c in type(instance).__mro__)

@@ -33,3 +33,7 @@ async def use(store: st.SnapshotStore) -> None:
     assert_type(result.snapshot_id, str | None)
     listing = await store.list(plugin_id="cache")
     assert_type(listing.unreadable, list[st.UnreadableEntry])
+    host = st.PluginHost(store=store)
+    async with host.use("cache", Cache) as served:
+        assert_type(served, Cache)
+        assert_type(served.entries, dict[str, list[int]])

@@ -344,3 +344,35 @@ async def _use(tmp_path: Path) -> None:
         await store.put(make_snapshot("a"))
         await store.delete("a")
         await store.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MiB file system of its own (tmpfs), so a store can really fill its disk."""
+    import subprocess
+
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mountpoint)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {done.stderr.decode().strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+async def test_sqlite_frees_space_on_a_full_disk(small_disk):
+    """With the disk full, delete and prune still run and free space, so puts work again."""
+    store = st.open_store(f"sqlite://{small_disk}/store.db")
+    ids = []
+    with pytest.raises(st.StoreError, match="full"):
+        for i in range(100):
+            await store.put(make_snapshot(f"s{i}", sections={"x": os.urandom(1 << 20)}))
+            ids.append(f"s{i}")
+    assert len(ids) > 3
+    await store.delete(ids[0])
+    report = await store.prune(keep_last=1)
+    assert report.removed and report.blobs_removed
+    await store.put(make_snapshot("after", sections={"x": os.urandom(1 << 20)}))
+    listed = [i.id for i in await store.list()]
+    assert "after" in listed and len(listed) == 2
+    await store.close()

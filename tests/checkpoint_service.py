@@ -31,9 +31,9 @@ async def main(url: str, mode: str, interval: float | None, payload: int) -> Non
     store = st.open_store(url)
     put = store.put
 
-    async def timed_put(snapshot: st.StateSnapshot) -> Any:
+    async def timed_put(snapshot: st.StateSnapshot, **options: Any) -> Any:
         begun = time.monotonic()
-        info = await put(snapshot)
+        info = await put(snapshot, **options)
         print(f"put {begun} {time.monotonic()}", flush=True)
         return info
 

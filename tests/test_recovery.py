@@ -126,10 +126,10 @@ class SlowStore(MemoryStore):
         self.writing = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def put(self, snapshot):
+    async def put(self, snapshot, **options):
         self.writing.set()
         await self.release.wait()
-        return await super().put(snapshot)
+        return await super().put(snapshot, **options)
 
 
 async def test_callers_are_not_held_while_a_checkpoint_is_written(modules):
@@ -156,11 +156,11 @@ class FlakyStore(MemoryStore):
 
     fail = False
 
-    async def put(self, snapshot):
+    async def put(self, snapshot, **options):
         if self.fail:
             self.fail = False
             raise OSError("disk full")
-        return await super().put(snapshot)
+        return await super().put(snapshot, **options)
 
 
 async def test_a_failed_checkpoint_is_retried_without_further_calls(modules):

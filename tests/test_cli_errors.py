@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import re
 
@@ -140,12 +139,6 @@ def test_inspect_two_files_is_a_usage_error(snap_file, tmp_path):
     assert code == 2 and "is a file" in err and "diff" in err and one_line(err)
 
 
-@pytest.mark.xfail(
-    importlib.util.find_spec("statetransfer._loading") is None,
-    strict=True,
-    reason="DEPENDS ON THE HOST WORK: until the loader shared with the host (statetransfer._loading) lands, "
-    "_load_plugin_class lets importlib's TypeError through for a file path",
-)
 def test_plugin_given_as_a_file_path(tmp_path, snap_file, monkeypatch):
     """`--plugin path/file.py:Cls` is a clear one-line usage error or works; never a TypeError."""
     (tmp_path / "myplugin.py").write_text("import statetransfer as st\n")

@@ -72,6 +72,7 @@ from .errors import (
     StoreWarning,
 )
 from .stores import SnapshotStore, UnreadableEntry, VerifyReport, open_store
+from .stores._aws import credentials_in_environment
 
 __all__ = ["UsageProblem", "exit_code", "main"]
 
@@ -83,13 +84,6 @@ _json = msgspec.json.Encoder()
 _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 #: Snapshot ids are shown shortened to the shortest unique prefix, but never shorter than this.
 _SHORT_ID = 8
-_S3_CREDENTIALS = (
-    ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
-    ("AWS_PROFILE",),
-    ("AWS_WEB_IDENTITY_TOKEN_FILE",),
-    ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",),
-    ("AWS_CONTAINER_CREDENTIALS_FULL_URI",),
-)
 
 
 class UsageProblem(StateTransferError):
@@ -289,7 +283,7 @@ def _check_s3_credentials(url: str) -> None:
     query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
     if query.get("skip_signature", "").lower() in ("1", "true", "yes"):
         return
-    if any(all(os.environ.get(name) for name in group) for group in _S3_CREDENTIALS):
+    if credentials_in_environment():
         return
     if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "false":
         return

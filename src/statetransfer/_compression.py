@@ -15,7 +15,7 @@ ALGORITHMS = ("zstd", "lz4", "none")
 #: Output bound of :func:`decompress` when the caller gives none (64 MiB): a bomb without a
 #: declared size fails after at most this much output. Pass ``max_size`` for larger data.
 DEFAULT_MAX_SIZE = 64 << 20
-#: zstd level when none is given: level 1 compresses the reference workload to a smaller
+#: zstd level when none is given: level 1 compresses the benchmark workload (benchmarks/workload.py) to a smaller
 #: size than level 3 at half the time; hot reload latency depends on it.
 ZSTD_LEVEL = 1
 _THREADED_ABOVE = 8 << 20

@@ -90,16 +90,15 @@ class FileStore(SnapshotStore):
         try:
             if not self._check_marker(fd):
                 foreign = sorted(n for n in os.listdir(fd) if n not in _OWN_ENTRIES and not _MARKER_TMP.match(n))
-                if self._check_marker(fd):  # another process created it meanwhile
-                    pass
-                elif foreign or self._own_entries_hold_data(fd):
-                    shown = ", ".join(foreign[:5]) or "data"
-                    msg = f"{root!r} is not empty and is not a statetransfer store ({shown}); refusing to use it"
-                    raise StoreError(msg)
-                elif not self.create:
-                    raise StoreNotFound(f"no store at {root!r} (the directory holds no store)", location=root)
-                else:
-                    self._create_marker(fd)
+                # checked again after listing: another process may have created the store meanwhile
+                if not self._check_marker(fd):
+                    if foreign or self._own_entries_hold_data(fd):
+                        shown = ", ".join(foreign[:5]) or "data"
+                        msg = f"{root!r} is not empty and is not a statetransfer store ({shown}); refusing to use it"
+                        raise StoreError(msg)
+                    if not self.create:
+                        raise StoreNotFound(f"no store at {root!r} (the directory holds no store)", location=root)
+                    self._write_marker(fd, replace=False)
             for sub in _SUBDIRS:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(sub, 0o700, dir_fd=fd)
@@ -141,9 +140,6 @@ class FileStore(SnapshotStore):
             finally:
                 os.close(sfd)
         return False
-
-    def _create_marker(self, fd: int) -> None:
-        self._write_marker(fd, replace=False)
 
     @staticmethod
     def _write_marker(fd: int, *, replace: bool) -> None:

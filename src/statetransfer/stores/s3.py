@@ -30,6 +30,7 @@ from ..errors import InvalidStoreURL, StoreError, StoreNotFound
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
+from ._aws import credentials_in_environment
 from .base import ObjectInfo, SnapshotStore
 
 __all__ = ["S3Store"]
@@ -41,13 +42,6 @@ _BOOL_KEYS = {"virtual_hosted_style_request", "skip_signature"}
 MARKER = b"statetransfer-store/1\n"
 #: Smallest lock_stale accepted: lock times in listings have one-second resolution.
 MIN_LOCK_STALE = 2.0
-_CREDENTIAL_VARS = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_PROFILE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-)
 _used_in: int | None = None  # pid of the process whose obstore runtime has run I/O
 _live: list[S3Store] = []
 
@@ -116,7 +110,7 @@ class S3Store(SnapshotStore):
             )
         except (BaseError, ValueError, TypeError) as exc:
             raise StoreError(f"cannot configure S3 store for bucket {bucket!r}: {exc}") from exc
-        self._anonymous = not config.get("skip_signature") and not any(os.environ.get(v) for v in _CREDENTIAL_VARS)
+        self._anonymous = not config.get("skip_signature") and not credentials_in_environment()
         _live.append(self)
 
     def __repr__(self) -> str:

@@ -199,6 +199,8 @@ def test_store_commands(snap_file, tmp_path):
         "unreferenced_blobs": 0,
         "repaired": [],
         "strays": [],
+        "chains_rebuilt": 0,
+        "chains_skipped": 0,
     }
     code, out, _ = run("prune", url, "--keep-last", "0", "--dry-run", "--json")
     assert code == 0 and json.loads(out)["removed"] == [snap.id] and json.loads(out)["dry_run"]

@@ -13,6 +13,7 @@ from ._checksum import seal
 from ._crypto import keyring_of
 from ._model import StateCreationReason, StateImportResult, StateSnapshot
 from ._plugin import StateTransferable
+from ._sections import keeping_plaintext
 from .errors import ChecksumMismatch, CorruptSnapshot, SnapshotNotFound, StoreWarning
 from .stores.base import SnapshotInfo, SnapshotStore
 
@@ -29,8 +30,9 @@ async def backup(
     sections are kept incrementally (only what changed since the previous
     backup); encrypted ones too, with the plugin's keyring.
     """
-    snapshot = await plugin.export_for(StateCreationReason.BACKUP, tags=tags, expires_at=expires_at)
-    return await store.put(snapshot, keyring=keyring_of(plugin))
+    with keeping_plaintext():  # an incremental put compares the plaintext the export had, without reopening it
+        snapshot = await plugin.export_for(StateCreationReason.BACKUP, tags=tags, expires_at=expires_at)
+        return await store.put(snapshot, keyring=keyring_of(plugin))
 
 
 async def restore(
@@ -60,15 +62,16 @@ async def restore(
             message and in ``snapshot_id``) and ``allow_older`` is false.
         ValidationFailed / ImportFailed: as :meth:`StateTransferable.import_state`.
     """
-    if snapshot_id is not None:
-        snapshot_id = await store.resolve(snapshot_id)
-        snapshot = await store.get(snapshot_id, keyring=keyring_of(plugin))
-        _check_expiry(snapshot, allow_expired)
-    else:
-        snapshot = await _newest(plugin, store, allow_older=allow_older, allow_expired=allow_expired)
-    if allow_expired and snapshot.metadata.expires_at is not None:  # lift the expiry on the copy imported
-        snapshot = seal(snapshot, metadata=msgspec.structs.replace(snapshot.metadata, expires_at=None))
-    result = await plugin.import_state(snapshot, **import_options)
+    with keeping_plaintext():  # the import decodes the plaintext a store rebuilt (incremental sections) as is
+        if snapshot_id is not None:
+            snapshot_id = await store.resolve(snapshot_id)
+            snapshot = await store.get(snapshot_id, keyring=keyring_of(plugin))
+            _check_expiry(snapshot, allow_expired)
+        else:
+            snapshot = await _newest(plugin, store, allow_older=allow_older, allow_expired=allow_expired)
+        if allow_expired and snapshot.metadata.expires_at is not None:  # lift the expiry on the copy imported
+            snapshot = seal(snapshot, metadata=msgspec.structs.replace(snapshot.metadata, expires_at=None))
+        result = await plugin.import_state(snapshot, **import_options)
     return msgspec.structs.replace(result, snapshot_id=snapshot.id)
 
 

@@ -685,6 +685,7 @@ def verify(store_url: str, read_data: bool, repair: bool, source_url: str | None
         raise UsageProblem("--source is for --repair: it names a replica to copy intact blobs from")
 
     async def check(store: SnapshotStore) -> VerifyReport:
+        store.keyring = store.keyring or _keyring()  # sealed incremental sections are rebuilt with it
         if source_url is None:
             return await store.verify(read_data=read_data, progress=update, repair=repair)
         source = _open_store(source_url, create=False)
@@ -699,7 +700,10 @@ def verify(store_url: str, read_data: bool, repair: bool, source_url: str | None
         _emit_json(report)
     else:
         status = "[green]ok[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"
-        out.print(f"checked {report.checked} snapshot(s), {report.blobs_checked} blob(s) re-hashed: {status}")
+        rebuilt = f", {report.chains_rebuilt} incremental section(s) rebuilt" if report.chains_rebuilt else ""
+        skipped = f" ({report.chains_skipped} sealed ones skipped: no key)" if report.chains_skipped else ""
+        out.print(f"checked {report.checked} snapshot(s), {report.blobs_checked} blob(s) re-hashed{rebuilt}{skipped}: "
+                  f"{status}")  # fmt: skip
         for p in report.problems:
             out.print(f"  [red]![/] {p}", markup=True)
         for r in report.repaired:

@@ -41,6 +41,7 @@ from ._loading import (
 )
 from ._model import StateCreationReason, StateImportResult, StateSnapshot
 from ._plugin import Plugin, StateTransferable
+from ._sections import keeping_plaintext
 from ._stateful import StatefulPlugin
 from ._watching import watch_sources
 from .errors import InvalidArgument, PluginError, SnapshotNotFound, ValidationFailed
@@ -424,11 +425,12 @@ class PluginHost:
         """One periodic checkpoint of ``slot``: skipped with no call since the last one, or no change."""
         if self.store is None or slot.gate.admitted == slot.checkpointed_calls:
             return None
-        async with slot.reload_lock:  # exports the instance serving, never one being swapped out
-            if slot.gate.closed:
-                return None
-            export = await self._export_checkpoint(slot)
-        return None if export is None else await self._write_checkpoint(slot, export, always=False)
+        with keeping_plaintext():  # an incremental put compares the exported plaintext, without reopening it
+            async with slot.reload_lock:  # exports the instance serving, never one being swapped out
+                if slot.gate.closed:
+                    return None
+                export = await self._export_checkpoint(slot)
+            return None if export is None else await self._write_checkpoint(slot, export, always=False)
 
     async def _export_checkpoint(self, slot: _Slot) -> _Export | None:
         """A ``CHECKPOINT`` export of the serving instance (the caller holds ``slot.reload_lock``)."""

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextvars import ContextVar
+from typing import NamedTuple
 
 import msgspec
 
@@ -18,9 +22,12 @@ __all__ = [
     "SectionFraming",
     "framing",
     "FRAME_MIN",
+    "Plaintext",
     "SEALED_IN",
     "SECTION_MAX_SIZE",
     "SectionPacker",
+    "keeping_plaintext",
+    "kept_plaintext",
     "pack_section",
     "reseal_section",
     "unpack_section",
@@ -56,6 +63,59 @@ class SectionFraming(msgspec.Struct, frozen=True, kw_only=True):
     slices: str | None = None
     #: The snapshot an encrypted section carried over unchanged is bound to.
     sealed_in: str | None = None
+
+
+class Plaintext(NamedTuple):
+    """The encoded payload (plaintext) a section's stored bytes were made from, known without opening them."""
+
+    #: The stored bytes (the entry is for this very object).
+    data: bytes
+    #: The plaintext, whole or in the pieces it was encoded in.
+    plain: bytes | memoryview | Pieces
+    #: Plaintext piece sizes of each compression frame, as compressed (empty when stored uncompressed).
+    pieces: list[list[int]]
+    #: The compression level given to the compressor (None: its default).
+    level: int | None
+
+    def joined(self) -> bytes | memoryview:
+        """The plaintext in one buffer."""
+        plain = self.plain
+        if isinstance(plain, list):
+            return plain[0] if len(plain) == 1 else b"".join(plain)
+        return plain
+
+
+_kept: ContextVar[dict[int, Plaintext] | None] = ContextVar("statetransfer_kept_plaintext", default=None)
+
+
+@contextlib.contextmanager
+def keeping_plaintext() -> Iterator[None]:
+    """Within this block, sections packed (or rebuilt by a store) remember the plaintext they came from.
+
+    A backup exports then puts: the store's incremental put compares the
+    plaintext instead of opening the bytes just made. A restore gets then
+    imports: the import decodes the plaintext a store rebuilt instead of
+    decompressing it again. Memory is held until the block ends.
+    """
+    token = _kept.set({})
+    try:
+        yield
+    finally:
+        _kept.reset(token)
+
+
+def keep_plaintext(entry: Plaintext) -> None:
+    """Remember ``entry`` while a :func:`keeping_plaintext` block is active (else do nothing)."""
+    kept = _kept.get()
+    if kept is not None:
+        kept[id(entry.data)] = entry
+
+
+def kept_plaintext(section: StateSection) -> Plaintext | None:
+    """The remembered plaintext of ``section``'s stored bytes, if this block made or rebuilt them."""
+    kept = _kept.get()
+    entry = None if kept is None else kept.get(id(section.data))
+    return entry if entry is not None and entry.data is section.data else None
 
 
 def _byte_count(text: str) -> bool:
@@ -138,6 +198,7 @@ class SectionPacker:
         self._pending: Pieces = []
         self._pending_size = 0
         self._frames: list[Future[bytes]] = []
+        self._frame_pieces: list[list[int]] = []
 
     def add(self, piece: bytes | memoryview) -> None:
         """Append the next piece of the encoded value."""
@@ -152,6 +213,7 @@ class SectionPacker:
 
     def _take_pending(self) -> Pieces:
         pieces, self._pending, self._pending_size = self._pending, [], 0
+        self._frame_pieces.append([len(p) for p in pieces])
         return pieces
 
     def finish(self) -> StateSection:
@@ -171,12 +233,13 @@ class SectionPacker:
                     meta["frames"] = ",".join(str(len(f)) for f in frames)
         if data is None:
             data = b"".join(self._raw)
-        self._raw = []
+        raw, self._raw = self._raw, []
         encryption = None
         if self.encrypt:
             assert self.keyring is not None
             data, encryption = encrypt_data(data, self.binding, keyring=self.keyring, key_id=self.key_id,
                                             algorithm=self.algorithm)  # fmt: skip
+        keep_plaintext(Plaintext(data, raw, self._frame_pieces if compressed else [], self.level))
         return StateSection(self.name, self.schema_version, data, compressed, encryption, meta)
 
 
@@ -233,6 +296,12 @@ def unpack_section(
     """
     data = section.data
     layout = framing(section)
+    known = kept_plaintext(section)
+    enc = section.encryption
+    if known is not None and (enc is None or (keyring is not None and enc.key_id in keyring)):
+        plain = known.joined()  # these bytes were made from it in this block: nothing to open
+        if len(plain) <= max_size and layout.original_size in (None, len(plain)):
+            return plain if isinstance(plain, bytes) else bytes(plain)
     if section.encryption is not None:
         if keyring is None:
             key_id = section.encryption.key_id

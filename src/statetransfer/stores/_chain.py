@@ -30,7 +30,7 @@ from .._codecs import gc_paused
 from .._compression import compress, declared_size, decompress
 from .._crypto import Binding, Keyring, decrypt_data, encrypt_data, seal_exact
 from .._model import EncryptionInfo, StateSection
-from .._sections import SECTION_MAX_SIZE, framing, unpack_section
+from .._sections import SECTION_MAX_SIZE, Plaintext, framing, keep_plaintext, kept_plaintext, unpack_section
 from ..errors import CorruptSnapshot, MissingKey, StateTransferError
 
 __all__ = [
@@ -60,6 +60,8 @@ _PREFIX = struct.Struct(">4sBBH")  # magic, version, object type, envelope lengt
 #: FastCDC chunk sizes for byte deltas: a contiguous change costs about two average chunks beyond itself.
 CDC_MIN, CDC_AVG, CDC_MAX = 16 << 10, 64 << 10, 256 << 10
 _DIGEST = 16
+#: Compression levels a chain may record (zstd's range; lz4 takes a part of it).
+LEVELS = (-(1 << 17), 22)
 _BINDING_DOMAIN = "statetransfer/chain/v1"
 _enc = msgspec.msgpack.Encoder()
 _raw_map = msgspec.msgpack.Decoder(dict[Any, msgspec.Raw])
@@ -93,6 +95,10 @@ class ChainRef(msgspec.Struct, array_like=True, frozen=True):
     #: The key the chain's objects are sealed with (None: not sealed).
     key_id: str | None
     base: ChainBase
+    #: Plaintext piece sizes of each frame, when a frame was compressed from more than one piece (else empty).
+    pieces: list[list[int]] = []
+    #: The compression level the section was compressed with (None: the library's default).
+    level: int | None = None
 
 
 class _Delta(msgspec.Struct, array_like=True):
@@ -360,6 +366,7 @@ def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[i
     """
     assert prev.keys is not None
     old, o_off, o_keys = prev.plain, prev.offsets, prev.keys
+    cur = cur if isinstance(cur, bytes) else bytes(cur)
     n_old, end = len(o_keys), len(cur)
     head = _map_header_size(cur[0]) if cur else None
     if head is None:
@@ -372,16 +379,17 @@ def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[i
     keys: list[bytes] = []
     offsets: list[int] = []
     cursor, j, block = head, 0, _BLOCK
+    old_view = memoryview(old)  # blocks are compared in place: startswith takes a view, nothing is copied
     try:
         while j < n_old and cursor < end:
-            e = min(n_old, j + block)
-            length = o_off[e] - o_off[j]
-            if cur[cursor : cursor + length] == old[o_off[j] : o_off[e]]:
-                ops.copy(o_off[j], length)
-                shift = cursor - o_off[j]
+            e = j + block if j + block < n_old else n_old
+            start, stop = o_off[j], o_off[e]
+            if cur.startswith(old_view[start:stop], cursor):
+                ops.copy(start, stop - start)
+                shift = cursor - start
                 keys += o_keys[j:e]
-                offsets += [o + shift for o in o_off[j:e]]
-                cursor, j, block = cursor + length, e, min(block * 2, _MAX_BLOCK)
+                offsets += o_off[j:e] if shift == 0 else map(shift.__add__, o_off[j:e])
+                cursor, j, block = cursor + stop - start, e, block * 2 if block < _MAX_BLOCK else _MAX_BLOCK
                 continue
             if e - j > 1:  # narrow down to the first entry that differs
                 block = (e - j) // 2
@@ -492,31 +500,45 @@ def _sealed_in(section: StateSection, snapshot_id: str, plugin_id: str) -> Bindi
     return Binding(framing(section).sealed_in or snapshot_id, plugin_id, section.name, section.schema_version)
 
 
-def _compress_frames(section: StateSection, plain: bytes | memoryview, frames: list[int]) -> bytes:
-    """The plaintext compressed frame by frame as the section was (itself when not compressed)."""
+def _compress_frames(
+    section: StateSection, plain: bytes | memoryview, frames: list[int], pieces: list[list[int]], level: int | None
+) -> bytes:
+    """The plaintext compressed frame by frame as the section was (itself when not compressed).
+
+    Each frame is compressed by the same call as when the section was made:
+    from the same pieces (``pieces``, when recorded) at the same ``level``.
+    """
     if not section.compressed:
         return bytes(plain)
     algorithm = framing(section).compression
-    if sum(frames) != len(plain):
+    if sum(frames) != len(plain) or (pieces and [sum(p) for p in pieces] != frames):
         raise CorruptSnapshot(f"section {section.name!r}: frame sizes do not add up to the plaintext")
     view, parts, start = memoryview(plain), [], 0
-    for size in frames:
-        parts.append(compress(view[start : start + size], algorithm))
-        start += size
+    for i, size in enumerate(frames):
+        cuts = pieces[i] if pieces else [size]
+        frame = []
+        for length in cuts:
+            frame.append(view[start : start + length])
+            start += length
+        parts.append(compress(frame, algorithm, level=level))
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def rebuild_section(
     section: StateSection,
     plain: bytes | memoryview,
-    frames: list[int],
+    ref: ChainRef,
     *,
     snapshot_id: str,
     plugin_id: str,
     keyring: Keyring | None,
 ) -> bytes:
-    """The stored bytes of ``section`` (whose ``data`` is ignored) from its plaintext: compress by frames, seal."""
-    data = _compress_frames(section, plain, frames)
+    """The stored bytes of ``section`` (whose ``data`` is ignored) from its plaintext: compress by frames, seal.
+
+    Within :func:`~statetransfer._sections.keeping_plaintext` (a restore),
+    the bytes remember ``plain``, so that importing them decodes it directly.
+    """
+    data = _compress_frames(section, plain, ref.frames, ref.pieces, ref.level)
     enc = section.encryption
     if enc is not None:
         if keyring is None or enc.key_id not in keyring:
@@ -524,6 +546,7 @@ def rebuild_section(
                 f"section {section.name!r} is stored incrementally: key {enc.key_id!r} is needed", key_id=enc.key_id
             )
         data = seal_exact(data, enc, _sealed_in(section, snapshot_id, plugin_id), keyring=keyring)
+    keep_plaintext(Plaintext(data, plain, [], None))
     return data
 
 
@@ -541,44 +564,67 @@ class Plan:
     algorithm: str
     #: How to open this section's bytes when they become a chain's base.
     base: ChainBase
+    #: Piece sizes per frame and level, as the section was compressed (see :class:`ChainRef`).
+    pieces: list[list[int]] = field(default_factory=list)
+    level: int | None = None
+    #: The bytes were made from ``plain`` in this process by the call a rebuild repeats: no check needed.
+    made_here: bool = False
 
 
 def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, keyring: Keyring | None) -> Plan | None:
-    """The plaintext of a section and how it was packed, or None when it cannot be opened (kept whole)."""
+    """The plaintext of a section and how it was packed, or None when it cannot be opened (kept whole).
+
+    A section just exported in a :func:`~statetransfer._sections.keeping_plaintext`
+    block (a backup) brings its plaintext and how each frame was compressed;
+    any other is opened.
+    """
     enc = section.encryption
     if enc is not None and (keyring is None or enc.key_id not in keyring):
         return None
+    layout = framing(section)
+    base = ChainBase(layout.sealed_in or snapshot_id, section.schema_version, section.compressed, enc,
+                          section.metadata)  # fmt: skip
+    key_id, algorithm = (None, "") if enc is None else (enc.key_id, enc.algorithm)
+    known = kept_plaintext(section)
+    if known is not None and (not section.compressed or len(known.pieces) == len(layout.frames or (0,))):
+        joined = known.joined()
+        plain = joined if isinstance(joined, bytes) else bytes(joined)
+        frames = [sum(p) for p in known.pieces]
+        pieces = known.pieces if any(len(p) > 1 for p in known.pieces) else []
+        return Plan(section, kind_of(plain, layout.codec), plain, b"", frames, key_id, algorithm, base,
+                    pieces, known.level, made_here=True)  # fmt: skip
     try:
         opened = section.data
         if enc is not None:
             assert keyring is not None
             opened = decrypt_data(opened, enc, _sealed_in(section, snapshot_id, plugin_id), keyring=keyring)
-        frames = _frame_sizes(section, opened)
-        if frames is None:
+        frames_or_none = _frame_sizes(section, opened)
+        if frames_or_none is None:
             return None
         unsealed = msgspec.structs.replace(section, data=opened, encryption=None)
-        plain = unpack_section(unsealed, snapshot_id=snapshot_id, plugin_id=plugin_id)
+        opened_plain = unpack_section(unsealed, snapshot_id=snapshot_id, plugin_id=plugin_id)
     except (StateTransferError, ValueError):
         return None
-    layout = framing(section)
-    kind = kind_of(plain, layout.codec)
-    bound = layout.sealed_in or snapshot_id
-    base = ChainBase(bound, section.schema_version, section.compressed, enc, section.metadata)
-    key_id, algorithm = (None, "") if enc is None else (enc.key_id, enc.algorithm)
-    return Plan(section, kind, plain, opened, frames, key_id, algorithm, base)
+    kind = kind_of(opened_plain, layout.codec)
+    return Plan(section, kind, opened_plain, opened, frames_or_none, key_id, algorithm, base)
 
 
 def is_exact(plan: Plan) -> bool:
     """Whether compressing the plaintext again gives back the section's bytes (opened, when sealed) exactly.
 
-    A delta is written only then: a get rebuilds the bytes the same way.
-    Sealing needs no check: the section's bytes opened with its key, nonce
-    and binding, and sealing is a function of those and the opened bytes, so
+    A delta is written only then: a get rebuilds the bytes the same way. A
+    section made in this process (``made_here``) passes without compressing
+    again: its frames were made by the very calls a rebuild repeats (same
+    pieces, level and compressor), and compression is deterministic. Sealing
+    needs no check: the section's bytes opened with its key, nonce and
+    binding, and sealing is a function of those and the opened bytes, so
     sealing the same bytes again gives the same ciphertext (a get still
     checks the section digest).
     """
+    if plan.made_here:
+        return True
     try:
-        return _compress_frames(plan.section, plan.plain, plan.frames) == plan.opened
+        return _compress_frames(plan.section, plan.plain, plan.frames, plan.pieces, plan.level) == plan.opened
     except (StateTransferError, ValueError):
         return False
 
@@ -596,5 +642,9 @@ def check_chain_objects(ref: ChainRef, section: str) -> None:
         ref.kind not in ("map", "bytes")
         or not ref.objects
         or any(len(o.digest) != 32 or o.length < 0 for o in ref.objects)
+        or any(size < 0 for size in ref.frames)
+        or (ref.pieces and len(ref.pieces) != len(ref.frames))
+        or any(size < 0 for frame in ref.pieces for size in frame)
+        or not (ref.level is None or LEVELS[0] <= ref.level <= LEVELS[1])
     ):
         raise CorruptSnapshot(f"section {section!r}: malformed chain reference")

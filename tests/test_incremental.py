@@ -7,6 +7,7 @@ import itertools
 import random
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
@@ -359,6 +360,58 @@ async def test_a_compressor_that_no_longer_reproduces_its_output_is_reported(mon
     await store.get(first)
     monkeypatch.setattr(_chain, "compress", real)
     assert (await store.verify(read_data=True)).ok
+
+
+class Hits(msgspec.Struct):
+    hits: int
+
+
+class Counted(st.StatefulPlugin):
+    metadata = st.PluginMetadata(id="counted", version="1.0.0")
+    items = st.Section(dict[str, Hits], default=dict)
+
+
+async def test_a_backup_continuing_a_chain_refuses_a_changed_entry_of_the_wrong_type(tmp_path):
+    """The store checks a backup's changed entries against the declared type before writing anything."""
+    url = f"file://{tmp_path}/store"
+    store = small_chains(st.open_store(url), deltas=8)
+    plugin = Counted()
+    plugin.items = {f"k{i:04d}": Hits(i) for i in range(3000)}
+    await st.backup(plugin, store)
+    plugin.items["k0017"] = Hits(1)
+    await st.backup(plugin, store)
+    stored = {o.key for o in await store.list_objects("")}
+    plugin.items["k0042"] = Hits("many")  # type: ignore[arg-type]
+    with pytest.raises(st.EncodingError, match=r'items\["k0042"\]\.hits: expected int, got str'):
+        await st.backup(plugin, store)
+    assert {o.key for o in await store.list_objects("")} == stored  # nothing written
+    plugin.items["k0042"] = Hits(42)
+    plugin.items["new"] = Hits(7)
+    info = await st.backup(plugin, store)
+    fresh = Counted()
+    await st.restore(fresh, st.open_store(url), info.id)
+    assert fresh.items == plugin.items
+
+
+async def test_a_backup_under_a_changed_type_checks_every_entry(tmp_path):
+    """New code declaring another type (a hot reload): entries the old code's backups checked are checked again."""
+
+    class Label(msgspec.Struct):
+        hits: str
+
+    class Relabelled(st.StatefulPlugin):
+        metadata = st.PluginMetadata(id="counted", version="2.0.0")
+        items = st.Section(dict[str, Label], default=dict)
+
+    store = small_chains(st.open_store(f"file://{tmp_path}/store"), deltas=8)
+    old = Counted()
+    old.items = {f"k{i:04d}": Hits(i) for i in range(3000)}
+    await st.backup(old, store)
+    new = Relabelled()
+    new.items = dict(old.items)  # type: ignore[arg-type]  # state carried over unconverted
+    new.items["k0005"] = Label("five")
+    with pytest.raises(st.EncodingError, match=r'items\["k0000"\]\.hits: expected str, got int'):
+        await st.backup(new, store)
 
 
 # -- encryption ----------------------------------------------------------------------------------------

@@ -29,8 +29,15 @@ async def backup(
     not stored again: the store keeps one copy of each distinct section. Large
     sections are kept incrementally (only what changed since the previous
     backup); encrypted ones too, with the plugin's keyring.
+
+    Raises:
+        EncodingError: a section's value does not decode as its declared type
+            (see ``StatefulPlugin.verify_exports``); nothing is stored.
     """
-    with keeping_plaintext():  # an incremental put compares the plaintext the export had, without reopening it
+    # The put compares the plaintext the export had without reopening it, and runs the export's type check
+    # itself (on only what changed, for a map continuing a chain) before writing anything: unless a subclass
+    # replaced put(), which would not know to.
+    with keeping_plaintext(defer_checks=type(store).put is SnapshotStore.put):
         snapshot = await plugin.export_for(StateCreationReason.BACKUP, tags=tags, expires_at=expires_at)
         return await store.put(snapshot, keyring=keyring_of(plugin))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextvars import ContextVar
 from typing import NamedTuple
@@ -19,6 +19,7 @@ from .errors import CorruptSnapshot, DecompressionLimitExceeded, MissingKey
 
 __all__ = [
     "COMPRESS_MIN_SIZE",
+    "DeferredCheck",
     "SectionFraming",
     "framing",
     "FRAME_MIN",
@@ -26,6 +27,8 @@ __all__ = [
     "SEALED_IN",
     "SECTION_MAX_SIZE",
     "SectionPacker",
+    "checks_deferred",
+    "keep_plaintext",
     "keeping_plaintext",
     "kept_plaintext",
     "pack_section",
@@ -65,6 +68,22 @@ class SectionFraming(msgspec.Struct, frozen=True, kw_only=True):
     sealed_in: str | None = None
 
 
+class DeferredCheck(NamedTuple):
+    """An export's type check of one section, left to the store a backup puts it into.
+
+    The store runs it before it writes anything: on the whole plaintext, or
+    (a map continuing a chain whose previous plaintext passed the check for
+    the same ``token``) on only the entries that changed.
+    """
+
+    #: Checks the whole plaintext. Raises EncodingError.
+    whole: Callable[[bytes | memoryview], None]
+    #: Checks a msgpack map of some of the entries, when the declared type is a dict (entries decode alone).
+    entries: Callable[[bytes], None] | None
+    #: What the plaintext is checked against: equal tokens, the same declared type and codec.
+    token: object
+
+
 class Plaintext(NamedTuple):
     """The encoded payload (plaintext) a section's stored bytes were made from, known without opening them."""
 
@@ -76,6 +95,8 @@ class Plaintext(NamedTuple):
     pieces: list[list[int]]
     #: The compression level given to the compressor (None: its default).
     level: int | None
+    #: The export's type check, when it was left to the store (see :func:`keeping_plaintext`).
+    check: DeferredCheck | None = None
 
     def joined(self) -> bytes | memoryview:
         """The plaintext in one buffer."""
@@ -85,36 +106,50 @@ class Plaintext(NamedTuple):
         return plain
 
 
-_kept: ContextVar[dict[int, Plaintext] | None] = ContextVar("statetransfer_kept_plaintext", default=None)
+class _Keeping(NamedTuple):
+    entries: dict[int, Plaintext]
+    defer_checks: bool
+
+
+_kept: ContextVar[_Keeping | None] = ContextVar("statetransfer_kept_plaintext", default=None)
 
 
 @contextlib.contextmanager
-def keeping_plaintext() -> Iterator[None]:
+def keeping_plaintext(*, defer_checks: bool = False) -> Iterator[None]:
     """Within this block, sections packed (or rebuilt by a store) remember the plaintext they came from.
 
     A backup exports then puts: the store's incremental put compares the
-    plaintext instead of opening the bytes just made. A restore gets then
-    imports: the import decodes the plaintext a store rebuilt instead of
-    decompressing it again. Memory is held until the block ends.
+    plaintext instead of opening the bytes just made, and with
+    ``defer_checks`` the export leaves its type check (see
+    ``StatefulPlugin.verify_exports``) to the put, which checks only the
+    entries that changed when it can. A restore gets then imports: the
+    import decodes the plaintext a store rebuilt instead of decompressing it
+    again. Memory is held until the block ends.
     """
-    token = _kept.set({})
+    token = _kept.set(_Keeping({}, defer_checks))
     try:
         yield
     finally:
         _kept.reset(token)
 
 
+def checks_deferred() -> bool:
+    """Whether an export in this block leaves its type checks to the store (:func:`keeping_plaintext`)."""
+    kept = _kept.get()
+    return kept is not None and kept.defer_checks
+
+
 def keep_plaintext(entry: Plaintext) -> None:
     """Remember ``entry`` while a :func:`keeping_plaintext` block is active (else do nothing)."""
     kept = _kept.get()
     if kept is not None:
-        kept[id(entry.data)] = entry
+        kept.entries[id(entry.data)] = entry
 
 
 def kept_plaintext(section: StateSection) -> Plaintext | None:
     """The remembered plaintext of ``section``'s stored bytes, if this block made or rebuilt them."""
     kept = _kept.get()
-    entry = None if kept is None else kept.get(id(section.data))
+    entry = None if kept is None else kept.entries.get(id(section.data))
     return entry if entry is not None and entry.data is section.data else None
 
 
@@ -199,6 +234,7 @@ class SectionPacker:
         self._pending_size = 0
         self._frames: list[Future[bytes]] = []
         self._frame_pieces: list[list[int]] = []
+        self.deferred_check: DeferredCheck | None = None
 
     def add(self, piece: bytes | memoryview) -> None:
         """Append the next piece of the encoded value."""
@@ -239,7 +275,7 @@ class SectionPacker:
             assert self.keyring is not None
             data, encryption = encrypt_data(data, self.binding, keyring=self.keyring, key_id=self.key_id,
                                             algorithm=self.algorithm)  # fmt: skip
-        keep_plaintext(Plaintext(data, raw, self._frame_pieces if compressed else [], self.level))
+        keep_plaintext(Plaintext(data, raw, self._frame_pieces if compressed else [], self.level, self.deferred_check))
         return StateSection(self.name, self.schema_version, data, compressed, encryption, meta)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+import typing
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, Self, TypeVar, overload
 
@@ -29,7 +31,15 @@ from ._model import (
     now,
 )
 from ._plugin import StateTransferable
-from ._sections import SectionPacker, framing, pack_section, reseal_section, unpack_section
+from ._sections import (
+    DeferredCheck,
+    SectionPacker,
+    checks_deferred,
+    framing,
+    pack_section,
+    reseal_section,
+    unpack_section,
+)
 from ._validation import validate_snapshot
 from .errors import (
     EncodingError,
@@ -441,6 +451,14 @@ class StatefulPlugin(StateTransferable):
             imported_sections=imported, failed_sections=failed, warnings=warnings, duration=elapsed
         )
 
+    def _deferred_check(self, name: str, slices: str | None) -> DeferredCheck:
+        """The export's type check of section ``name``, for the store to run (see :func:`checks_deferred`)."""
+        sec = self.sections[name]
+        whole = functools.partial(codecs.check_decodable, tp=sec.type, codec=sec.codec, where=name, slices=slices)
+        entrywise = sec.codec == "msgpack" and typing.get_origin(sec.type) in (dict, Mapping, MutableMapping)
+        entries = functools.partial(codecs.check_decodable, tp=sec.type, codec=sec.codec, where=name)
+        return DeferredCheck(whole, entries if entrywise else None, (sec.type, sec.codec))
+
     async def export_for(
         self, reason: StateCreationReason, *, tags: Iterable[str] = (), expires_at: int | None = None
     ) -> StateSnapshot:
@@ -509,6 +527,10 @@ class StatefulPlugin(StateTransferable):
         lowered = {name: encoded[name] for name in lowering}
         if reason is StateCreationReason.HOT_RELOAD or not self.verify_exports:
             encoded.clear()  # a hot reload imports at once: that import is the check
+        elif checks_deferred():  # a backup: the store checks before writing, only what changed when it can
+            for name in [n for n in encoded if n not in lowering]:
+                packers[name].deferred_check = self._deferred_check(name, packers[name].metadata.get("slices"))
+                del encoded[name]
         for name, parts in encoded.items():  # what this code could not import is never exported
             sec = self.sections[name]
             data = parts[0] if len(parts) == 1 else b"".join(parts)

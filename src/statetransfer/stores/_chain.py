@@ -30,7 +30,15 @@ from .._codecs import gc_paused
 from .._compression import compress, declared_size, decompress
 from .._crypto import Binding, Keyring, decrypt_data, encrypt_data, seal_exact
 from .._model import EncryptionInfo, StateSection
-from .._sections import SECTION_MAX_SIZE, Plaintext, framing, keep_plaintext, kept_plaintext, unpack_section
+from .._sections import (
+    SECTION_MAX_SIZE,
+    DeferredCheck,
+    Plaintext,
+    framing,
+    keep_plaintext,
+    kept_plaintext,
+    unpack_section,
+)
 from ..errors import CorruptSnapshot, MissingKey, StateTransferError
 
 __all__ = [
@@ -42,6 +50,7 @@ __all__ = [
     "ChainState",
     "Plan",
     "apply_chain",
+    "check_plaintext",
     "diff",
     "is_exact",
     "open_base",
@@ -202,6 +211,10 @@ class ChainState:
     size: int = 0
     #: bytes: a digest of the chunk digests in order (equal for an unchanged plaintext).
     fingerprint: bytes = b""
+    #: maps diffed against a previous plaintext: (start, end) of each entry not copied from it.
+    fresh: list[tuple[int, int]] | None = None
+    #: The token of the type check the plaintext passed (see :class:`~statetransfer._sections.DeferredCheck`).
+    checked_as: object = None
     _positions: dict[bytes, int] | None = None
 
     def layout(self) -> bool:
@@ -254,8 +267,8 @@ def diff(kind: str, plain: bytes, prev: ChainState | None) -> tuple[ChainState, 
         walked = _map_delta(prev, plain)
         if walked is None:
             return ChainState(kind, plain, size=len(plain)), None
-        body, keys, offsets = walked
-        return ChainState(kind, plain, keys, offsets, size=len(plain)), body
+        body, keys, offsets, fresh = walked
+        return ChainState(kind, plain, keys, offsets, size=len(plain), fresh=fresh), body
     table = _chunks(plain)
     fingerprint = hashlib.blake2b(b"".join(d for d, _, _ in table), digest_size=_DIGEST).digest()
     chunks: dict[bytes, tuple[int, int]] = {}
@@ -316,6 +329,7 @@ class _Ops:
 
 #: Entries compared at once: blocks grow while equal, and halve to find the entry that differs.
 _BLOCK, _MAX_BLOCK = 16, 1024
+_MAP16, _MAP32 = b"\xde", b"\xdf"
 _FIXED = {0xC0: 1, 0xC2: 1, 0xC3: 1, 0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3,
           0xD2: 5, 0xD3: 9, 0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18}  # fmt: skip
 _SIZED = {0xC4: (1, 2), 0xC5: (2, 3), 0xC6: (4, 5), 0xD9: (1, 2), 0xDA: (2, 3), 0xDB: (4, 5),
@@ -355,8 +369,9 @@ def _skip(buf: bytes, pos: int) -> int:
     return pos
 
 
-def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[int]] | None:
-    """The delta from the map ``prev`` to the map ``cur``, and ``cur``'s layout; None if ``cur`` is not a map.
+def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[int], list[tuple[int, int]]] | None:
+    """The delta from the map ``prev`` to the map ``cur``, ``cur``'s layout and the (start, end) of each entry
+    it does not copy; None if ``cur`` is not a map.
 
     Walks the new plaintext along the previous entries, comparing blocks of
     entries as bytes (doubling while equal, halved down to the first entry
@@ -378,6 +393,7 @@ def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[i
         ops.literal(0, head)
     keys: list[bytes] = []
     offsets: list[int] = []
+    fresh: list[tuple[int, int]] = []
     cursor, j, block = head, 0, _BLOCK
     old_view = memoryview(old)  # blocks are compared in place: startswith takes a view, nothing is copied
     try:
@@ -408,6 +424,7 @@ def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[i
             ops.literal(cursor, value_end - cursor)  # a changed, new or moved entry
             keys.append(key)
             offsets.append(cursor)
+            fresh.append((cursor, value_end))
             cursor = value_end
         while cursor < end:  # entries added at the end
             key_end = _skip(cur, cursor)
@@ -415,11 +432,12 @@ def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[i
             ops.literal(cursor, value_end - cursor)
             keys.append(cur[cursor:key_end])
             offsets.append(cursor)
+            fresh.append((cursor, value_end))
             cursor = value_end
     except (IndexError, ValueError):
         return None
     offsets.append(end)
-    return ops.body(prev.size), keys, offsets
+    return ops.body(prev.size), keys, offsets, fresh
 
 
 def apply_chain(kind: str, base: bytes, deltas: Sequence[tuple[int, bytes]], *, section: str) -> bytes | memoryview:
@@ -569,6 +587,8 @@ class Plan:
     level: int | None = None
     #: The bytes were made from ``plain`` in this process by the call a rebuild repeats: no check needed.
     made_here: bool = False
+    #: The export's type check, left to this put (a backup).
+    check: DeferredCheck | None = None
 
 
 def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, keyring: Keyring | None) -> Plan | None:
@@ -592,7 +612,7 @@ def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, key
         frames = [sum(p) for p in known.pieces]
         pieces = known.pieces if any(len(p) > 1 for p in known.pieces) else []
         return Plan(section, kind_of(plain, layout.codec), plain, b"", frames, key_id, algorithm, base,
-                    pieces, known.level, made_here=True)  # fmt: skip
+                    pieces, known.level, made_here=True, check=known.check)  # fmt: skip
     try:
         opened = section.data
         if enc is not None:
@@ -607,6 +627,23 @@ def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, key
         return None
     kind = kind_of(opened_plain, layout.codec)
     return Plan(section, kind, opened_plain, opened, frames_or_none, key_id, algorithm, base)
+
+
+def check_plaintext(check: DeferredCheck, plain: bytes, prev: ChainState | None, state: ChainState) -> None:
+    """Run an export's deferred type check: on the entries ``state`` did not copy from ``prev``, when ``prev``
+    passed the same check (and the type lets map entries be checked alone); else on the whole plaintext.
+
+    Raises:
+        EncodingError: the plaintext does not decode as the section's declared type.
+    """
+    if check.entries is None or prev is None or prev.checked_as != check.token or state.fresh is None:
+        check.whole(plain)
+    else:
+        count, view = len(state.fresh), memoryview(plain)
+        head = bytes([0x80 | count]) if count < 16 else _MAP16 + count.to_bytes(2) if count < 1 << 16 else (
+            _MAP32 + count.to_bytes(4))  # fmt: skip
+        check.entries(b"".join([head, *(view[start:end] for start, end in state.fresh)]))
+    state.checked_as = check.token
 
 
 def is_exact(plan: Plan) -> bool:

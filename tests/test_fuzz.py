@@ -134,26 +134,18 @@ def test_damaged_store_inputs(name, reframe, data):
 
 def test_chain_mutation_campaign_runs():
     """A short run of the chain mutation campaign (worker processes capped at 1 GiB) reaches the delta decoder
-    and finds no accepted mutation, and no escaping exception but the known ones (see the xfail tests below)."""
+    and finds no accepted mutation, and no exception escaping but statetransfer's own."""
     from fuzz.mutate import CHAIN_KINDS, chain_campaign
 
     result = chain_campaign(1500, seed=7, workers=2, max_memory=1024, progress=False)
     by_kind, total = result["by_kind"], result["by_kind"]["total"]
     assert set(CHAIN_KINDS) <= set(by_kind)
     assert total.get("accepted", 0) == 0, result["examples"]
-    unknown = [d for d in result["defects"] if not _known_defect(d)]
-    assert not unknown, result["examples"]
+    assert not result["defects"], result["examples"]
     reasons = " | ".join(result["detected_by"])
     for reached in ("malformed delta", "reaches outside", "literal bytes do not add up", "bad envelope",
                     "wrong prefix", "DecryptionFailed", "section _ of snapshot _ is damaged"):  # fmt: skip
         assert reached in reasons
-
-
-def _known_defect(signature: str) -> bool:
-    """The defects the xfail tests below pin down (``signature``: exception, function, file)."""
-    allocation = signature.startswith("MemoryError in ") and "(_chain.py:" in signature
-    nonce = signature.startswith(("ValueError in seal_exact", "OverflowError in _chunk_nonce"))
-    return allocation or nonce
 
 
 ALLOCATION_PROBE = """
@@ -176,11 +168,6 @@ except st.StateTransferError as exc:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="apply_chain allocates what a delta's op list claims (up to 4 GiB, twice) before checking any op "
-    "against the previous plaintext: MemoryError escapes store.get under a 1 GiB cap",
-)
 def test_hostile_delta_size_is_refused_before_allocating():
     """A ~130-byte delta whose op list claims 4 GiB is refused in a process capped at 1 GiB of address space."""
     import os
@@ -192,11 +179,6 @@ def test_hostile_delta_size_is_refused_before_allocating():
     assert proc.returncode == 0 and "refused:" in proc.stdout, proc.stderr[-500:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rebuilding a sealed incremental section seals with the header's nonce unchecked: "
-    "ValueError (cryptography) or OverflowError (_chunk_nonce) escapes store.get",
-)
 @pytest.mark.parametrize("store_name", ["chains", "long-chains"])  # AES-256-GCM, ChaCha20-Poly1305
 @pytest.mark.parametrize("nonce", [b"\xff" * 3, b"\xff" * 13], ids=["3-bytes", "13-bytes"])
 def test_malformed_nonce_of_chained_section_is_refused(store_name, nonce):

@@ -563,6 +563,26 @@ def test_hostile_chain_references(data):
     assert st.dumps(snapshot) == st.dumps(check_stored(SEED_STORE))
 
 
+@pytest.mark.parametrize(
+    ("ops", "literal", "reason"),
+    [
+        ([-1, 3, -1, 5], b"abc", "literal bytes do not add up"),  # a run past the literal bytes
+        ([-1, 2], b"abc", "literal bytes do not add up"),  # literal bytes left over
+        ([0, 4, 1, 4], b"", "reaches outside"),  # a copy past the previous plaintext
+        ([-2, 1], b"", "malformed operation list"),
+        ([0, -1], b"", "malformed operation list"),
+        ([0, 4, 0], b"", "malformed operation list"),
+        ([0, 4] * 3, b"", "the manifest records 8"),  # builds 12 bytes where the manifest says 8
+    ],
+)
+def test_deltas_that_do_not_fit_are_refused_before_anything_is_built(ops, literal, reason):
+    from statetransfer.stores._chain import MAP_DELTA, apply_chain
+
+    body = msgspec.msgpack.encode([ops, literal])
+    with pytest.raises(st.CorruptSnapshot, match=reason):
+        apply_chain("map", b"prev", [(MAP_DELTA, body)], section="s", built=8)
+
+
 # -- crashes -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["file", "sqlite"])
 async def test_sigkill_during_incremental_puts(backend, tmp_path, monkeypatch):

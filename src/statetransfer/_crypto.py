@@ -286,6 +286,14 @@ def encrypt_data(
     return seal_exact(plaintext, info, binding, keyring=keyring), info
 
 
+def _check_nonce(info: EncryptionInfo, binding: Binding) -> None:
+    """Raise :class:`DecryptionFailed` for a recorded nonce of the wrong length (before any cipher sees it)."""
+    if len(info.nonce) != NONCE_BYTES:
+        section = binding.section
+        msg = f"section {section!r}: nonce must be {NONCE_BYTES} bytes, got {len(info.nonce)}"
+        raise DecryptionFailed(msg, section=section, key_id=info.key_id, snapshot_id=binding.snapshot_id)
+
+
 def seal_exact(
     plaintext: bytes | bytearray | memoryview, info: EncryptionInfo, binding: Binding, *, keyring: Keyring
 ) -> bytes:
@@ -294,7 +302,12 @@ def seal_exact(
     Only for rebuilding bytes already sealed once with ``info`` (a store
     restoring an incremental section): the same plaintext under the same
     nonce gives the same ciphertext, so no nonce is used for two messages.
+
+    Raises:
+        MissingKey: the keyring lacks ``info.key_id``.
+        DecryptionFailed: the recorded nonce is malformed.
     """
+    _check_nonce(info, binding)
     aead = _cipher(info, keyring)
     view = memoryview(plaintext)
     count = max(1, -(-len(view) // CHUNK_SIZE))
@@ -320,9 +333,7 @@ def decrypt_data(
         DecryptionFailed: wrong key, tampered bytes, or a moved/renamed section.
     """
     section = binding.section
-    if len(info.nonce) != NONCE_BYTES:
-        msg = f"section {section!r}: nonce must be {NONCE_BYTES} bytes, got {len(info.nonce)}"
-        raise DecryptionFailed(msg, section=section, key_id=info.key_id, snapshot_id=binding.snapshot_id)
+    _check_nonce(info, binding)
     aead = _cipher(info, keyring)
     view = memoryview(data)
     sealed = CHUNK_SIZE + TAG_BYTES

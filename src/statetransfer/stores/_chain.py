@@ -440,11 +440,17 @@ def _map_delta(prev: ChainState, cur: bytes) -> tuple[bytes, list[bytes], list[i
     return ops.body(prev.size), keys, offsets, fresh
 
 
-def apply_chain(kind: str, base: bytes, deltas: Sequence[tuple[int, bytes]], *, section: str) -> bytes | memoryview:
+def apply_chain(
+    kind: str, base: bytes, deltas: Sequence[tuple[int, bytes]], *, section: str, built: int | None = None
+) -> bytes | memoryview:
     """The plaintext a chain rebuilds from its base's plaintext and its opened deltas (oldest first).
 
-    Each delta is written into one of two buffers in turn (a fresh 100 MB
-    buffer costs more in page faults than the copy itself).
+    Every delta is checked whole before anything is allocated: each copy
+    within the plaintext before it, literal bytes used exactly, at most the
+    section size limit built, and for the last exactly ``built`` bytes (the
+    plaintext size the manifest records, when known). Each delta is then
+    written into one of two buffers in turn (a fresh 100 MB buffer costs more
+    in page faults than the copy itself).
 
     Raises:
         CorruptSnapshot: a delta of the wrong type, or one that does not fit.
@@ -456,40 +462,54 @@ def apply_chain(kind: str, base: bytes, deltas: Sequence[tuple[int, bytes]], *, 
         decoded = [_delta.decode(body) for _, body in deltas]
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CorruptSnapshot(f"section {section!r}: malformed delta ({exc})") from None
-    sizes = []
+    sizes, before = [], len(base)
     for delta in decoded:
-        if len(delta.ops) % 2 or any(n < 0 for n in delta.ops[1::2]):
-            raise CorruptSnapshot(f"section {section!r}: a delta has a malformed operation list")
-        sizes.append(sum(delta.ops[1::2]))
-        if sizes[-1] > SECTION_MAX_SIZE:
-            raise CorruptSnapshot(f"section {section!r}: a delta builds more than {SECTION_MAX_SIZE} bytes")
+        sizes.append(before := _check_delta(delta, before, section))
+    if built is not None and sizes and sizes[-1] != built:
+        msg = f"section {section!r}: its chain builds {sizes[-1]} bytes, the manifest records {built}"
+        raise CorruptSnapshot(msg)
     plain: bytes | memoryview = base
     buffers = [bytearray(max(sizes, default=0)) for _ in range(min(2, len(decoded)))]
-    for i, (delta, size) in enumerate(zip(decoded, sizes, strict=True)):
-        out = memoryview(buffers[i % 2])[:size]
-        _apply(plain, delta, out, section)
+    for i, (delta, length) in enumerate(zip(decoded, sizes, strict=True)):
+        out = memoryview(buffers[i % 2])[:length]
+        _apply(plain, delta, out)
         plain = out
     return plain
 
 
-def _apply(prev: bytes | memoryview, delta: _Delta, out: memoryview, section: str) -> None:
-    """Write into ``out`` what ``delta`` builds from ``prev``."""
+def _check_delta(delta: _Delta, before: int, section: str) -> int:
+    """The size ``delta`` builds from a plaintext of ``before`` bytes. Raises CorruptSnapshot if it does not fit."""
+    ops = delta.ops
+    if len(ops) % 2:
+        raise CorruptSnapshot(f"section {section!r}: a delta has a malformed operation list")
+    sources, lengths = ops[::2], ops[1::2]
+    if (sources and min(sources) < -1) or (lengths and min(lengths) < 0):
+        raise CorruptSnapshot(f"section {section!r}: a delta has a malformed operation list")
+    copies = [s >= 0 for s in sources]
+    ends = map(operator.add, itertools.compress(sources, copies), itertools.compress(lengths, copies))
+    if max(ends, default=0) > before:
+        raise CorruptSnapshot(f"section {section!r}: a delta reaches outside the previous plaintext")
+    literal = sum(itertools.compress(lengths, (not c for c in copies)))
+    if literal != len(delta.literal):
+        raise CorruptSnapshot(f"section {section!r}: a delta's literal bytes do not add up")
+    built = sum(lengths)
+    if built > SECTION_MAX_SIZE:
+        raise CorruptSnapshot(f"section {section!r}: a delta builds more than {SECTION_MAX_SIZE} bytes")
+    return built
+
+
+def _apply(prev: bytes | memoryview, delta: _Delta, out: memoryview) -> None:
+    """Write into ``out`` what ``delta`` (checked by :func:`_check_delta`) builds from ``prev``."""
     ops = delta.ops
     view, lit = memoryview(prev), memoryview(delta.literal)
     used = pos = 0
     for source, length in zip(ops[::2], ops[1::2], strict=True):
-        if source < -1 or (source >= 0 and source + length > len(view)):
-            raise CorruptSnapshot(f"section {section!r}: a delta reaches outside the previous plaintext")
         if source == -1:
-            if used + length > len(lit):
-                break
             out[pos : pos + length] = lit[used : used + length]
             used += length
         else:
             out[pos : pos + length] = view[source : source + length]
         pos += length
-    if used != len(lit):
-        raise CorruptSnapshot(f"section {section!r}: a delta's literal bytes do not add up")
 
 
 # -- from stored section to plaintext and back -------------------------------------------------------

@@ -756,7 +756,8 @@ class SnapshotStore(abc.ABC):
             data = await self._chain_object(obj, name)
             deltas.append(await _offload(len(data), open_object, data, plugin_id=plugin_id, section=name,
                                          keyring=keyring))  # fmt: skip
-        return await _offload(len(base), apply_chain, ref.kind, base, deltas, section=name)
+        built = sum(ref.frames) if ref.frames else None  # a compressed section's plaintext size
+        return await _offload(len(base), apply_chain, ref.kind, base, deltas, section=name, built=built)
 
     async def _rebuild(
         self, header: SnapshotHeader, sh: SectionHeader, ref: ChainRef, keyring: Keyring | None

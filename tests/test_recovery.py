@@ -110,6 +110,29 @@ async def test_periodic_checkpoints_follow_changes(modules):
     await host.close()
 
 
+async def test_a_periodic_checkpoint_refuses_a_value_of_the_wrong_type(modules, caplog):
+    """The store runs the export's type check of a periodic checkpoint: a wrong value is never stored."""
+    caplog.set_level(logging.ERROR)
+    store = st.open_store("memory://")
+    host = st.PluginHost(store=store, checkpoint_interval=0.02)
+    await host.load(f"{modules(NOTES_MODULE)}:Notes")
+    async with host.use("notes") as notes:
+        notes.items["bad"] = 5
+    for _ in range(1000):
+        if "periodic checkpoint" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert 'items["bad"]: expected str, got int' in caplog.text
+    assert await store.list(plugin_id="notes") == []
+    async with host.use("notes") as notes:
+        notes.items["bad"] = "5"
+    await wait_for_snapshots(store, 1)
+    restored = Notes()
+    await st.restore(restored, store)
+    assert restored.items == {"bad": "5"}
+    await host.close()
+
+
 async def wait_for_snapshots(store, count):
     for _ in range(1000):
         if len(await store.list(plugin_id="notes")) >= count:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Iterable
@@ -34,12 +35,16 @@ async def backup(
         EncodingError: a section's value does not decode as its declared type
             (see ``StatefulPlugin.verify_exports``); nothing is stored.
     """
-    # The put compares the plaintext the export had without reopening it, and runs the export's type check
-    # itself (on only what changed, for a map continuing a chain) before writing anything: unless a subclass
-    # replaced put(), which would not know to.
-    with keeping_plaintext(defer_checks=type(store).put is SnapshotStore.put):
+    with exporting_into(store):
         snapshot = await plugin.export_for(StateCreationReason.BACKUP, tags=tags, expires_at=expires_at)
         return await store.put(snapshot, keyring=keyring_of(plugin))
+
+
+def exporting_into(store: SnapshotStore) -> contextlib.AbstractContextManager[None]:
+    """The block of an export put into ``store``: the put compares the plaintext the export had without
+    reopening it, and runs the export's type check itself (on only what changed, for a map continuing a chain)
+    before writing anything — unless a subclass replaced ``put()``, which would not know to."""
+    return keeping_plaintext(defer_checks=type(store).put is SnapshotStore.put)
 
 
 async def restore(

@@ -41,7 +41,6 @@ from ._loading import (
 )
 from ._model import StateCreationReason, StateImportResult, StateSnapshot
 from ._plugin import Plugin, StateTransferable
-from ._sections import keeping_plaintext
 from ._stateful import StatefulPlugin
 from ._watching import watch_sources
 from .errors import InvalidArgument, PluginError, SnapshotNotFound, ValidationFailed
@@ -425,7 +424,9 @@ class PluginHost:
         """One periodic checkpoint of ``slot``: skipped with no call since the last one, or no change."""
         if self.store is None or slot.gate.admitted == slot.checkpointed_calls:
             return None
-        with keeping_plaintext():  # an incremental put compares the exported plaintext, without reopening it
+        from ._backup import exporting_into  # noqa: PLC0415 - as restore() above
+
+        with exporting_into(self.store):
             async with slot.reload_lock:  # exports the instance serving, never one being swapped out
                 if slot.gate.closed:
                     return None

@@ -210,6 +210,8 @@ class StatefulPlugin(StateTransferable):
     #: Decode every exported section again with its declared type, so that no snapshot is written that this
     #: code could not import (a value of the wrong type raises :class:`EncodingError` naming the field path).
     #: Costs about one typed decode per export; hot-reload exports skip it (the import that follows checks).
+    #: ``backup()`` and periodic host checkpoints leave it to the store's put, which checks only the entries
+    #: that changed when a dict section continues a chain (see docs/stores.md).
     verify_exports: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

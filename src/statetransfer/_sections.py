@@ -322,8 +322,10 @@ def unpack_section(
     plugin_id: str,
     keyring: Keyring | None = None,
     max_size: int = SECTION_MAX_SIZE,
-) -> bytes:
+) -> bytes | memoryview:
     """Decrypt then decompress a stored section back to its encoded payload.
+
+    A memoryview only for a section whose plaintext this block remembers (see :func:`keeping_plaintext`).
 
     Raises:
         MissingKey / DecryptionFailed: the section is encrypted and cannot be opened.
@@ -337,7 +339,7 @@ def unpack_section(
     if known is not None and (enc is None or (keyring is not None and enc.key_id in keyring)):
         plain = known.joined()  # these bytes were made from it in this block: nothing to open
         if len(plain) <= max_size and layout.original_size in (None, len(plain)):
-            return plain if isinstance(plain, bytes) else bytes(plain)
+            return plain
     if section.encryption is not None:
         if keyring is None:
             key_id = section.encryption.key_id

@@ -642,7 +642,7 @@ def plan_section(section: StateSection, *, snapshot_id: str, plugin_id: str, key
         if frames_or_none is None:
             return None
         unsealed = msgspec.structs.replace(section, data=opened, encryption=None)
-        opened_plain = unpack_section(unsealed, snapshot_id=snapshot_id, plugin_id=plugin_id)
+        opened_plain = bytes(unpack_section(unsealed, snapshot_id=snapshot_id, plugin_id=plugin_id))
     except (StateTransferError, ValueError):
         return None
     kind = kind_of(opened_plain, layout.codec)
@@ -690,7 +690,7 @@ def open_base(ref: ChainRef, data: bytes, *, plugin_id: str, section: str, keyri
     """The plaintext of a chain's base object (the stored bytes of a section)."""
     b = ref.base
     stored = StateSection(section, b.schema_version, data, b.compressed, b.encryption, b.metadata)
-    return unpack_section(stored, snapshot_id=b.sealed_in, plugin_id=plugin_id, keyring=keyring)
+    return bytes(unpack_section(stored, snapshot_id=b.sealed_in, plugin_id=plugin_id, keyring=keyring))
 
 
 def check_chain_objects(ref: ChainRef, section: str) -> None:

@@ -785,6 +785,7 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
         planted_touched=len(touched_planted),
         planted_detail=touched_planted[:10],
         damaged_reads_during_removal=len(model.damaged_during_removal()),
+        reads_compared=sum(1 for snap_id, _ in model.got if snap_id in model.digests),
         torn_lines=model.torn,
         refused=model.refused,
         errors={k: len(v) for k, v in model.errors.items()},

@@ -55,6 +55,7 @@ def test_bounded_incremental_campaign_all_backends(tmp_path):
         assert r["final_verify_ok"] and r["final_live_acknowledged"] > 0
         assert r["chained_puts"] > 0 and r["chains_too_deep"] == 0 and r["puts_not_chained"] == 0
         assert all(r["deltas_by_section"].values()), r["deltas_by_section"]  # maps, bytes and encrypted chained
+    assert sum(r["reads_compared"] for r in results.values()) > 0  # mid-run gets were checked against the puts
 
 
 def feed(model: Model, *lines: str) -> None:

@@ -4,6 +4,7 @@ Run (all three backends, 10,000 operations each; the S3 backend runs against a
 moto server this script starts on 127.0.0.1, with ``lock_stale=3``)::
 
     python fuzz/fault_campaign.py [--ops 10000] [--backends file,sqlite,s3] [--workers 3] [--seed 1] [--json FILE]
+    python fuzz/fault_campaign.py --incremental [--chain-max-deltas 3] [--ops 10000] ...
 
 For every backend, ``--workers`` processes share ONE store and each does a
 random mix of ``put`` / ``delete`` / ``prune`` / ``verify`` / ``get``. Snapshots
@@ -14,17 +15,37 @@ SIGKILLs a random worker and starts a new one in its place, or (a share
 process, which on S3 stays stopped longer than ``lock_stale``, so that others
 judge its lock dead while it is in the middle of a put or a collection.
 
-A worker prints a line only after a store call returned: the id it put, the
-id it deleted, the ids a prune removed, a verify's result, a get's result.
-Before a delete or a prune it prints its intent, so a removal in flight when
-the worker was killed is known to "may or may not have happened". Every line
-carries the (wall clock) times the call started and returned. From these the
-parent judges:
+With ``--incremental`` every snapshot also carries three sections the store
+keeps as chains (a base and deltas; ``incremental_min_bytes`` is 16 KiB, so
+the pool sections stay whole blobs beside them): a msgpack map (1,500
+entries, zstd, as ``StatefulPlugin`` exports it), 256 KiB of raw bytes, and an
+AES-GCM-encrypted msgpack map, with a keyring every worker derives from
+``--seed`` (given as ``store.keyring`` or to each put and get, at random per
+worker). Each put changes a few map entries (now and then adds, removes or
+moves one) and a 1 KiB region of the bytes, so a put continues the chain of
+the plugin's newest snapshot, its own or another worker's; chains hold at
+most ``--chain-max-deltas`` (3) deltas, so new bases are written often, and
+half of the workers keep the default ``chain_max_ratio`` (bytes chains cut by
+size) while half allow 2.0. Deletes and prunes thus race with puts extending a
+chain whose base a collector may be removing. Each put's line reports its
+chains (deltas and base, per section), from which the figures count chained
+puts (puts that wrote a delta), bases, depths and chains continued by another
+process; a chain deeper than ``--chain-max-deltas`` fails the run.
+
+A worker prints a line only after a store call returned: the id it put (with
+a digest of the snapshot's serialized bytes), the id it deleted, the ids a
+prune removed, a verify's result, a get's result (with the digest of what it
+read). Before a delete or a prune it prints its intent, so a removal in flight
+when the worker was killed is known to "may or may not have happened". Every
+line carries the (wall clock) times the call started and returned. From these
+the parent judges:
 
 - lost snapshots: an acknowledged put, not removed by an acknowledged delete
   or prune, and not the target of a removal in flight, that is missing or
   damaged at the end, or whose ``get`` (or ``delete``) by a worker failed
   mid-run although no removal of it had started before that call returned;
+  every such snapshot must read back at the end, and every ``get`` of it
+  mid-run must have read, exactly the snapshot that was put (same digest);
 - false verify alarms: any ``verify`` during the run reporting a problem;
 - the final ``verify(read_data=True)`` must be ok, and a snapshot removed by an
   acknowledged delete or prune must stay gone;
@@ -36,7 +57,8 @@ parent judges:
   planted ``canary-link``: the store must refuse.
 
 The script exits non-zero on any loss, false alarm, resurrection, touched file
-or worker crash. ``tests/test_fault_campaign.py`` runs a bounded version.
+or worker crash. ``tests/test_fault_campaign.py`` runs bounded versions, with
+and without ``--incremental``.
 ``--log FILE`` keeps every worker line (``FILE.<backend>``) for investigation.
 """
 
@@ -60,6 +82,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +91,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import statetransfer as st
-from statetransfer.testing import make_snapshot
+from statetransfer import _codecs as codecs
+from statetransfer._sections import pack_section
+from statetransfer.stores._manifest import parse_chained
 
 PLUGIN = "campaign"
 BUCKET = "campaign"
@@ -95,14 +120,128 @@ def payloads(snap_id: str) -> dict[str, bytes]:
     return {"a": POOL[k], "b": POOL[(k + 1 + k // 2) % len(POOL)], "own": own * 64}
 
 
-def build(snap_id: str, expires_at: int | None = None) -> st.StateSnapshot:
-    return make_snapshot(snap_id, PLUGIN, sections=payloads(snap_id), expires_at=expires_at)
+def make_snapshot(
+    snap_id: str,
+    sections: dict[str, st.StateSection],
+    *,
+    timestamp: int | None = None,
+    created_ns: int | None = None,
+    expires_at: int | None = None,
+) -> st.StateSnapshot:
+    """A sealed snapshot of the campaign's plugin (``statetransfer.testing.make_snapshot``, without pytest)."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    meta = st.StateMetadata(reason=st.StateCreationReason.BACKUP, expires_at=expires_at)
+    created = ts * 1_000_000_000 if created_ns is None else created_ns
+    return st.seal(st.StateSnapshot(snap_id, PLUGIN, "1.0.0", 1, ts, sections, meta, "", created))  # fmt: skip
 
 
-def intact(snap: st.StateSnapshot) -> bool:
-    """Whether a snapshot read back holds exactly the sections it was put with."""
-    expected = make_snapshot(snap.id, PLUGIN, sections=payloads(snap.id), timestamp=0)
-    return {n: s.data for n, s in snap.sections.items()} == {n: s.data for n, s in expected.sections.items()}
+def whole_sections(snap_id: str) -> dict[str, st.StateSection]:
+    """The sections of :func:`payloads`, packed (zstd-compressed when it helps)."""
+    return {name: pack_section(name, 1, data, snapshot_id=snap_id, plugin_id=PLUGIN)
+            for name, data in payloads(snap_id).items()}  # fmt: skip
+
+
+def build(snap_id: str, expires_at: int | None = None, chained: Chained | None = None) -> st.StateSnapshot:
+    """Snapshot ``snap_id``: the sections of :func:`payloads`, and with ``chained`` its next chained sections."""
+    if chained is None:
+        return make_snapshot(snap_id, whole_sections(snap_id), expires_at=expires_at)
+    sections = {**whole_sections(snap_id), **chained.next_sections(snap_id)}
+    return make_snapshot(snap_id, sections, created_ns=time.time_ns(), expires_at=expires_at)
+
+
+def intact(snap: st.StateSnapshot, chained: bool = False) -> bool:
+    """Whether a snapshot read back holds exactly the sections it was put with.
+
+    With ``chained``, the sections :func:`payloads` gives (those it has not are checked by digest, see
+    :func:`snapshot_digest`), and the chained sections' names.
+    """
+    want = {n: s.data for n, s in whole_sections(snap.id).items()}
+    got = {n: s.data for n, s in snap.sections.items()}
+    if not chained:
+        return got == want
+    return set(got) == {*want, *CHAINED_SECTIONS} and all(got[n] == data for n, data in want.items())
+
+
+def snapshot_digest(snap: st.StateSnapshot) -> str:
+    """What an acknowledgement line says a snapshot was: a digest of its serialized bytes."""
+    return hashlib.sha256(st.dumps(snap)).hexdigest()[:32]
+
+
+# -- chained sections (--incremental) -----------------------------------------------------------------
+#: Sections kept as chains: a msgpack map, raw bytes, an encrypted msgpack map. The pool and own sections
+#: (12 KiB, 2 KiB) stay below ``CHAIN_MIN_BYTES``: whole blobs, shared by dedup, beside the chains.
+CHAINED_SECTIONS = ("entries", "blob", "sealed")
+CHAIN_MIN_BYTES = 16 << 10
+MAP_ENTRIES, SEALED_ENTRIES, BLOB_BYTES, HOT_BYTES = 1500, 900, 256 << 10, 24 << 10
+
+
+def campaign_keyring(seed: int) -> st.Keyring:
+    """The keyring every worker of a campaign shares (derived from ``--seed``)."""
+    return st.Keyring({f"campaign-{seed}": hashlib.sha256(f"fault-campaign-key-{seed}".encode()).digest()})
+
+
+class Chained:
+    """The chained sections a worker puts: each snapshot's is the previous one with a little changed.
+
+    Every worker starts from the same content (derived from the campaign seed). Per put, the maps change a
+    few values (now and then a key is added, removed or moved to the end, as an LRU does), cumulatively
+    within the worker. The blob is the seed's base with a 1 KiB region rewritten in a hot window of
+    ``HOT_BYTES`` (and now and then a second one anywhere), so any two snapshots differ in a region or two
+    and a put may continue a chain another worker started. A bytes delta costs a content-defined chunk or
+    two (tens of KiB): with the default ``chain_max_ratio`` (0.5) a blob chain is cut by size after a delta
+    or two, so half of the workers allow 2.0 and their blob chains are cut by ``chain_max_deltas``.
+    """
+
+    def __init__(self, seed: int, rng: random.Random) -> None:
+        base = random.Random(f"chains-{seed}")
+        self.entries = {f"k{i:05d}": [i, base.randbytes(12).hex(), base.randrange(1000)] for i in range(MAP_ENTRIES)}
+        self.sealed = {f"s{i:05d}": [i, base.randbytes(12).hex()] for i in range(SEALED_ENTRIES)}
+        self.base_blob = base.randbytes(BLOB_BYTES)
+        self.hot = base.randrange(BLOB_BYTES - HOT_BYTES)
+        self.keyring = campaign_keyring(seed)
+        self.rng = rng
+
+    def next_sections(self, snap_id: str) -> dict[str, st.StateSection]:
+        rng, entries = self.rng, self.entries
+        for key in rng.sample(list(entries), rng.randint(1, 4)):
+            entries[key] = [rng.randrange(1 << 20), rng.randbytes(12).hex(), rng.randrange(1000)]
+        if rng.random() < 0.15:
+            entries[f"n{rng.randrange(1 << 40):010x}"] = [0, rng.randbytes(12).hex(), 0]
+        if rng.random() < 0.15 and len(entries) > MAP_ENTRIES // 2:
+            del entries[rng.choice(list(entries))]
+        if rng.random() < 0.1:
+            key = rng.choice(list(entries))
+            entries[key] = entries.pop(key)
+        for key in rng.sample(list(self.sealed), rng.randint(1, 2)):
+            self.sealed[key] = [rng.randrange(1 << 20), rng.randbytes(12).hex()]
+        blob = bytearray(self.base_blob)
+        regions = [self.hot + rng.randrange(HOT_BYTES - 1024)]
+        if rng.random() < 0.2:
+            regions.append(rng.randrange(BLOB_BYTES - 1024))
+        for at in regions:
+            blob[at : at + 1024] = rng.randbytes(1024)
+        where = {"snapshot_id": snap_id, "plugin_id": PLUGIN}
+        return {
+            "entries": pack_section("entries", 1, codecs.encode(entries), **where, metadata={"codec": "msgpack"}),
+            "blob": pack_section("blob", 1, bytes(blob), **where, compression=None, metadata={"codec": "raw"}),
+            "sealed": pack_section("sealed", 1, codecs.encode(self.sealed), **where, keyring=self.keyring,
+                                   encrypt=True, metadata={"codec": "msgpack"}),
+        }  # fmt: skip
+
+
+async def chain_spec(store: st.SnapshotStore, snap_id: str) -> str:
+    """Each chain of the manifest just put: section, deltas, and the chain's base (a digest prefix).
+
+    Like ``blob:1:3f09a2c4,entries:3:b0e1d2aa,sealed:0:77c1e0f3``; ``?`` when it cannot be read back (gone
+    meanwhile: another worker deleted it).
+    """
+    try:
+        data = await store.read_object("manifests/" + snap_id)
+        _, chains = parse_chained(data, snap_id)
+    except (KeyError, st.StateTransferError):
+        return "?"
+    return ",".join(f"{name}:{len(ref.objects) - 1}:{ref.objects[0].digest.hex()[:8]}"
+                    for name, ref in sorted(chains.items())) or "none"  # fmt: skip
 
 
 # -- the worker --------------------------------------------------------------------------------------
@@ -115,10 +254,25 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
 
 
-async def worker(url: str, tag: str, seed: int) -> None:
-    """Random operations on the store at ``url`` until killed; ids are ``<tag>-<n>-s<k>``."""
+async def worker(url: str, tag: str, seed: int, chain_seed: int | None = None, max_deltas: int = 3) -> None:
+    """Random operations on the store at ``url`` until killed; ids are ``<tag>-<n>-s<k>``.
+
+    With ``chain_seed`` (``--incremental``) the store keeps sections of ``CHAIN_MIN_BYTES`` or more as chains
+    of at most ``max_deltas`` deltas, and every put carries the next :class:`Chained` sections.
+    """
     rng = random.Random(seed)
     store = st.open_store(url)
+    chained = None
+    keyring = None  # given to each put and get; or the store's own (either way, at random per worker)
+    if chain_seed is not None:
+        chained = Chained(chain_seed, rng)
+        store.incremental_min_bytes = CHAIN_MIN_BYTES
+        store.chain_max_deltas = max_deltas
+        store.chain_max_ratio = rng.choice([0.5, 2.0])
+        if rng.random() < 0.5:
+            store.keyring = chained.keyring
+        else:
+            keyring = chained.keyring
     emit(time.time(), "ready")
     n = 0
     while True:
@@ -142,16 +296,30 @@ async def worker(url: str, tag: str, seed: int) -> None:
         target = rng.choice(ours) if ours else ""
         if op in ("delete", "get") and planted and rng.random() < 0.03:
             target = rng.choice(planted)  # must be refused: it is a symlink the store did not write
-        await run_op(store, op, target, f"{tag}-{n}-s{rng.randrange(len(POOL))}", rng)
+        await run_op(store, op, target, f"{tag}-{n}-s{rng.randrange(len(POOL))}", rng, chained=chained, keyring=keyring)
 
 
-async def run_op(store: st.SnapshotStore, op: str, target: str, new_id: str, rng: random.Random) -> None:
+async def run_op(
+    store: st.SnapshotStore,
+    op: str,
+    target: str,
+    new_id: str,
+    rng: random.Random,
+    *,
+    chained: Chained | None = None,
+    keyring: st.Keyring | None = None,
+) -> None:
+    """One operation, and its acknowledgement line (put: id, expiry, digest, then its chains when chained)."""
     t0 = time.time()
     try:
         if op == "put":
             expires = int(time.time()) + rng.randint(-1, 4) if rng.random() < 0.3 else None
-            await store.put(build(new_id, expires))
-            emit(t0, "put", f"{new_id} {'-' if expires is None else expires}")
+            snap = build(new_id, expires, chained)
+            t0 = time.time()
+            await store.put(snap, keyring=keyring)
+            digest = snapshot_digest(snap)
+            chains = f" {await chain_spec(store, new_id)}" if chained is not None else ""
+            emit(t0, "put", f"{new_id} {'-' if expires is None else expires} {digest}{chains}")
         elif op == "delete":
             emit(t0, "begin-delete", target)
             t0 = time.time()
@@ -172,8 +340,9 @@ async def run_op(store: st.SnapshotStore, op: str, target: str, new_id: str, rng
             emit(t0, "prune", "ok " + ",".join(report.removed))
         elif op == "get":
             try:
-                snap = await store.get(target)
-                emit(t0, "get", f"{target} {'ok' if intact(snap) else 'damaged content differs'}")
+                snap = await store.get(target, keyring=keyring)
+                good = intact(snap, chained is not None)
+                emit(t0, "get", f"{target} {'ok ' + snapshot_digest(snap) if good else 'damaged content differs'}")
             except st.SnapshotNotFound:
                 emit(t0, "get", f"{target} notfound")
             except st.CorruptSnapshot as exc:
@@ -196,7 +365,12 @@ async def run_op(store: st.SnapshotStore, op: str, target: str, new_id: str, rng
 class Model:
     """What the workers acknowledged, and the judgement of every failed read against it."""
 
+    chained: bool = False  # --incremental: snapshots carry chained sections (checked by digest)
     puts: dict[str, int | None] = field(default_factory=dict)  # id -> expires_at
+    digests: dict[str, str] = field(default_factory=dict)  # id -> snapshot_digest() of what was put
+    #: id -> section -> (deltas, base digest prefix) of its chains, from the put's line (None: not read back)
+    chains: dict[str, dict[str, tuple[int, str]] | None] = field(default_factory=dict)
+    got: list[tuple[str, str]] = field(default_factory=list)  # (id, digest) of every mid-run get that succeeded
     removed: set[str] = field(default_factory=set)  # by an acknowledged delete or prune
     delete_started: dict[str, list[tuple[float, str]]] = field(default_factory=dict)  # id -> [(time, op key)]
     prune_started: list[float] = field(default_factory=list)
@@ -238,7 +412,13 @@ class Model:
         intent = self.open_intent.pop(tag, None)
         target, _, outcome = rest.partition(" ")
         if verb == "put":
-            self.puts[target] = None if outcome == "-" else int(outcome)
+            expires, digest, depths = [*outcome.split(" "), "", ""][:3]
+            self.puts[target] = None if expires == "-" else int(expires)
+            if digest:
+                self.digests[target] = digest
+            if depths:
+                parts = [[*item.split(":"), ""][:3] for item in depths.split(",") if ":" in item]
+                self.chains[target] = None if depths == "?" else {n: (int(d), b) for n, d, b in parts}
         elif verb == "delete":
             if outcome == "ok":
                 self.removed.add(target)
@@ -249,9 +429,13 @@ class Model:
         elif verb == "prune":
             self.removed.update(x for x in outcome.split(",") if x)
         elif verb == "get":
-            if outcome.startswith("refused"):
+            result, _, digest = outcome.partition(" ")
+            if result == "refused":
                 self.refused += 1
-            elif outcome != "ok":
+            elif result == "ok":
+                if digest:
+                    self.got.append((target, digest))
+            else:
                 self.failed_reads.append((target, t1, "", f"get: {outcome}"))
         elif verb == "verify":
             if rest != "ok":
@@ -290,7 +474,31 @@ class Model:
         for snap_id, end, own, what in self.failed_reads:
             if snap_id in self.puts and not self.removal_started(snap_id, end, own):
                 lost.setdefault(snap_id, f"mid-run {what}")
+        for snap_id, digest in self.got:  # a get that "succeeded" with other bytes than were put
+            if self.digests.get(snap_id, digest) != digest:
+                lost.setdefault(snap_id, "mid-run get: not the snapshot that was put")
         return lost
+
+    def chain_figures(self, max_deltas: int) -> dict[str, Any]:
+        """How the acknowledged puts kept their chained sections (from the chains their lines report)."""
+        known = {i: c for i, c in self.chains.items() if c is not None}
+        depths = [{n: d for n, (d, _) in c.items()} for c in known.values()]
+        writers: dict[tuple[str, str], set[str]] = {}  # (section, base) -> worker processes whose puts share it
+        for snap_id, chains in known.items():
+            for name, (_, base) in chains.items():
+                writers.setdefault((name, base), set()).add(snap_id.partition("-")[0])
+        return {
+            # every put changes every chained section: a chain with deltas means this put wrote one
+            "chained_puts": sum(1 for d in depths if any(d.values())),
+            "deltas_by_section": {n: sum(1 for d in depths if d.get(n, 0) > 0) for n in CHAINED_SECTIONS},
+            "bases_by_section": {n: sum(1 for d in depths if d.get(n) == 0) for n in CHAINED_SECTIONS},
+            "depth_histogram": dict(sorted(Counter(v for d in depths for v in d.values()).items())),
+            "chains": len(writers),
+            "chains_continued_by_another_process": sum(1 for w in writers.values() if len(w) > 1),
+            "chains_too_deep": sum(1 for d in depths for v in d.values() if v > max_deltas),
+            "puts_not_chained": sum(1 for d in depths if set(d) != set(CHAINED_SECTIONS)),
+            "puts_not_read_back": len(self.chains) - len(known),
+        }
 
     def damaged_during_removal(self) -> list[str]:
         """Reads that reported damage (not "not found") of a snapshot being removed: allowed, but counted."""
@@ -415,11 +623,13 @@ class Slot:
         return f"w{self.index}g{self.generation}"
 
 
-def start(slot: Slot, url: str, rng: random.Random, lines: queue.Queue[tuple[str, str | None]]) -> None:
+def start(
+    slot: Slot, url: str, rng: random.Random, lines: queue.Queue[tuple[str, str | None]], extra: list[str]
+) -> None:
     slot.generation += 1
     tag = slot.tag
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--worker", url, tag, str(rng.randrange(1 << 30))],
+        [sys.executable, __file__, "--worker", url, tag, str(rng.randrange(1 << 30)), *extra],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )  # fmt: skip
 
@@ -472,10 +682,11 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
 
     lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
     log = open(f"{args.log}.{backend}", "w") if args.log else None  # noqa: SIM115 - closed below
-    model = Model()
+    model = Model(chained=args.incremental)
+    extra = [str(args.seed), str(args.chain_max_deltas)] if args.incremental else []
     slots = {f"w{i}": Slot(i) for i in range(args.workers)}
     for slot in slots.values():
-        start(slot, url, rng, lines)
+        start(slot, url, rng, lines, extra)
     counts = {"kills": 0, "pauses": 0, "unexpected_exits": 0, "seq": 0}
     stopping: set[str] = set()
 
@@ -495,7 +706,7 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
         code = slot.proc.wait() if slot.proc is not None and slot.tag == tag else "?"
         model.errors.setdefault("crash", []).append(f"{tag} exited with {code}")
         if slot.tag == tag:
-            start(slot, url, rng, lines)
+            start(slot, url, rng, lines, extra)
 
     def kill(slot: Slot) -> None:
         stopping.add(slot.tag)
@@ -532,7 +743,7 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
                 paused.pop(victim.tag, None)
                 kill(victim)
                 counts["kills"] += 1
-                start(victim, url, rng, lines)
+                start(victim, url, rng, lines, extra)
             next_fault = now + rng.uniform(*gap)
         if now - last_progress > args.stall:
             stalled = True
@@ -543,7 +754,7 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
         take(*lines.get())
     if log is not None:
         log.close()
-    result = asyncio.run(final_check(url, model))
+    result = asyncio.run(final_check(url, model, campaign_keyring(args.seed) if args.incremental else None))
     canary_after = tree_state(canary)
     touched = sorted(
         k for k in canary_before.keys() | canary_after.keys() if canary_before.get(k) != canary_after.get(k)
@@ -558,6 +769,7 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
     lost = {**model.lost_midrun(), **result.pop("lost")}
     result.update(
         backend=backend,
+        incremental=args.incremental,
         ops=model.ops,
         kills=counts["kills"],
         pauses=counts["pauses"],
@@ -573,6 +785,7 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
         planted_touched=len(touched_planted),
         planted_detail=touched_planted[:10],
         damaged_reads_during_removal=len(model.damaged_during_removal()),
+        reads_compared=sum(1 for snap_id, _ in model.got if snap_id in model.digests),
         torn_lines=model.torn,
         refused=model.refused,
         errors={k: len(v) for k, v in model.errors.items()},
@@ -581,11 +794,15 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
         stalled=stalled,
         seconds=round(time.monotonic() - started, 1),
     )
+    if args.incremental:
+        result.update(chain_max_deltas=args.chain_max_deltas, **model.chain_figures(args.chain_max_deltas))
     return result
 
 
-async def final_check(url: str, model: Model) -> dict[str, Any]:
+async def final_check(url: str, model: Model, keyring: st.Keyring | None = None) -> dict[str, Any]:
+    """Verify the store, and read back every acknowledged snapshot: exactly what was put, or gone if removed."""
     store = st.open_store(url)
+    store.keyring = keyring
     report = await store.verify(read_data=True)
     lost: dict[str, str] = {}
     resurrected: list[str] = []
@@ -593,7 +810,8 @@ async def final_check(url: str, model: Model) -> dict[str, Any]:
     for snap_id in sorted(model.puts):
         try:
             snap = await store.get(snap_id)
-            state = "ok" if intact(snap) else "content differs"
+            exact = model.digests.get(snap_id, "") in ("", snapshot_digest(snap))
+            state = "ok" if exact and intact(snap, model.chained) else "content differs"
         except st.SnapshotNotFound:
             state = "not found"
         except st.StateTransferError as exc:
@@ -622,6 +840,7 @@ def failed(r: dict[str, Any]) -> bool:
     return bool(
         r["lost"] or r["false_alarms"] or r["outside_touched"] or r["planted_touched"] or r["resurrected"]
         or not r["final_verify_ok"] or r["errors"].get("crash") or r["errors"].get("garbled") or r["stalled"]
+        or r.get("chains_too_deep")
     )  # fmt: skip
 
 
@@ -632,7 +851,7 @@ def gap(text: str) -> tuple[float, float]:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        asyncio.run(worker(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+        asyncio.run(worker(sys.argv[2], sys.argv[3], *map(int, sys.argv[4:7])))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--ops", type=int, default=10_000, help="acknowledged operations per backend")
@@ -645,6 +864,12 @@ def main() -> int:
     parser.add_argument("--s3-kill-gap", type=gap, default=(0.5, 3.5), help="seconds between kills: LO,HI (S3)")
     parser.add_argument("--pause-share", type=float, default=0.2, help="share of faults that are SIGSTOP pauses")
     parser.add_argument("--stall", type=float, default=120.0, help="fail when no worker reports for this long")
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="snapshots also carry sections kept as chains of deltas (maps, bytes, encrypted)",
+    )
+    parser.add_argument("--chain-max-deltas", type=int, default=3, help="the stores' chain_max_deltas (--incremental)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--log", help="write every worker line to LOG.<backend> (for investigation)")
     args = parser.parse_args()
@@ -656,9 +881,10 @@ def main() -> int:
         for backend in backends:
             r = run_backend(backend, args, rng, Path(tmp), endpoint)
             results.append(r)
+            chained = f"chained {r['chained_puts']:5}  " if args.incremental else ""
             print(f"{backend:6} ops {r['ops']:6}  kills {r['kills']:4}  pauses {r['pauses']:3}  "
-                  f"acknowledged puts {r['acknowledged_puts']:5}  lost {r['lost']}  false alarms {r['false_alarms']}  "
-                  f"outside touched {r['outside_touched']}  "
+                  f"acknowledged puts {r['acknowledged_puts']:5}  removals {r['acknowledged_removals']:5}  {chained}"
+                  f"lost {r['lost']}  false alarms {r['false_alarms']}  outside touched {r['outside_touched']}  "
                   f"final verify {'ok' if r['final_verify_ok'] else 'PROBLEMS'}  {r['seconds']} s  "
                   f"{'FAILED' if failed(r) else 'survived'}", flush=True)  # fmt: skip
             if failed(r) or r["errors"]:

@@ -10,6 +10,7 @@ import stat
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -228,8 +229,9 @@ async def test_torn_marker_is_repaired(tmp_path):
     assert (root / "STORE").read_text() == MARKER
 
 
-def _open_and_put(url: str, n: int, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _open_and_put(url: str, n: int, queue: multiprocessing.Queue, start: Any) -> None:  # type: ignore[type-arg]
     try:
+        start.wait(30)
         store = st.open_store(url)
         asyncio.run(store.put(make_snapshot(f"p{n}")))
         queue.put("ok")
@@ -237,13 +239,14 @@ def _open_and_put(url: str, n: int, queue: multiprocessing.Queue) -> None:  # ty
         queue.put(f"{type(exc).__name__}: {exc}")
 
 
-@pytest.mark.parametrize("round_", range(3))
-def test_concurrent_first_open(tmp_path, round_):
-    """Four processes opening one fresh store at once all succeed."""
-    url = f"file://{tmp_path}/fresh{round_}"
+@pytest.mark.parametrize("scheme", ["file", "sqlite"])
+@pytest.mark.parametrize("round_", range(6))
+def test_concurrent_first_open(tmp_path, scheme, round_):
+    """Four processes opening one fresh store at the same moment all succeed (none sees it half made)."""
+    url = f"file://{tmp_path}/fresh" if scheme == "file" else f"sqlite://{tmp_path}/fresh.db"
     ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_open_and_put, args=(url, n, queue)) for n in range(4)]
+    queue, start = ctx.Queue(), ctx.Barrier(4)
+    procs = [ctx.Process(target=_open_and_put, args=(url, n, queue, start)) for n in range(4)]
     for proc in procs:
         proc.start()
     for proc in procs:

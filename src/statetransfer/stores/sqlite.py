@@ -102,15 +102,32 @@ class SQLiteStore(SnapshotStore):
                 raise StoreError(msg)
             if not self.read_only:
                 if not tables:
-                    db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect before the first table
+                    db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect before WAL and tables
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = FULL")
-                db.executescript(_SCHEMA)
+                if not tables:
+                    self._create_schema(db)
                 self._make_reserve()
         except BaseException:
             db.close()
             raise
         return db
+
+    def _create_schema(self, db: sqlite3.Connection) -> None:
+        """Make the store's tables in one transaction: a process opening the same new file at the same moment
+        sees no table or all of them, never a part (which it would refuse as a foreign database)."""
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and not {"blobs", "manifests"} <= tables:
+                msg = f"{str(self.path)!r} is a SQLite database but not a statetransfer store: refusing to use it"
+                raise StoreError(msg)
+            for statement in filter(None, map(str.strip, _SCHEMA.split(";"))):
+                db.execute(statement)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _reserve_path(self) -> Path:
         return self.path.with_name(self.path.name + ".reserve")

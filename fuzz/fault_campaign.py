@@ -14,6 +14,7 @@ SIGKILLs a random worker and starts a new one in its place, or (a share
 ``--pause-share`` of the faults) SIGSTOPs it and SIGCONTs it later: a stalled
 process, which on S3 stays stopped longer than ``lock_stale``, so that others
 judge its lock dead while it is in the middle of a put or a collection.
+The first fault of each backend is always a kill.
 
 With ``--incremental`` every snapshot also carries three sections the store
 keeps as chains (a base and deltas; ``incremental_min_bytes`` is 16 KiB, so
@@ -734,7 +735,8 @@ def run_backend(backend: str, args: argparse.Namespace, rng: random.Random, tmp:
                     slot.proc.send_signal(signal.SIGCONT)
         if now >= next_fault:
             victim = rng.choice(list(slots.values()))
-            if victim.tag not in paused and rng.random() < args.pause_share:
+            first = counts["kills"] == 0  # the first fault is a kill: every run has at least one
+            if not first and victim.tag not in paused and rng.random() < args.pause_share:
                 assert victim.proc is not None
                 victim.proc.send_signal(signal.SIGSTOP)
                 paused[victim.tag] = (victim, now + rng.uniform(*pause_for))

@@ -20,7 +20,7 @@ CAMPAIGN = str(Path(__file__).resolve().parent.parent / "fuzz" / "fault_campaign
 def test_bounded_campaign_all_backends(tmp_path):
     """3 workers per store, SIGKILLed at random: no loss, no false alarm, nothing outside the store touched."""
     figures = tmp_path / "figures.json"
-    bounded = ["--ops", "300", "--s3-ops", "100", "--s3-kill-gap", "1,4", "--seed", "7", "--json", str(figures)]
+    bounded = ["--ops", "300", "--s3-ops", "100", "--s3-kill-gap", "0.5,3", "--seed", "7", "--json", str(figures)]
     proc = subprocess.run(
         [sys.executable, CAMPAIGN, *bounded],
         capture_output=True,

@@ -29,7 +29,7 @@ from .._checksum import section_digest
 from .._container import SectionHeader, SnapshotHeader, assemble, build_header, decode_header
 from .._crypto import Keyring
 from .._model import StateSection, StateSnapshot
-from .._sections import kept_plaintext
+from .._sections import DeferredCheck, Plaintext, kept_plaintext
 from ..errors import (
     ChecksumMismatch,
     CorruptSnapshot,
@@ -312,7 +312,7 @@ class SnapshotStore(abc.ABC):
             known = kept_plaintext(sec)
             item = chained.get(name)
             if known is not None and known.check is not None and (item is None or item.state.checked_as is None):
-                await _offload(len(sec.data), known.check.whole, known.joined())
+                await _offload(len(sec.data), _check_whole, known.check, known)
         blobs = {
             sh.digest.hex(): sec.data
             for sh, sec in zip(parsed.sections, snapshot.sections.values(), strict=True)
@@ -923,6 +923,11 @@ async def _offload(size: int, fn: Callable[..., _T], *args: object, **kwargs: ob
     if size >= _THREAD_ABOVE:
         return await asyncio.to_thread(fn, *args, **kwargs)
     return fn(*args, **kwargs)
+
+
+def _check_whole(check: DeferredCheck, known: Plaintext) -> None:
+    """Run an export's deferred type check on its whole plaintext (joined here, off the event loop)."""
+    check.whole(known.joined())
 
 
 def _stored_parts(header: SnapshotHeader, chains: dict[str, ChainRef]) -> builtins.list[tuple[str, str, int, bool]]:

@@ -1,7 +1,7 @@
 """Incremental backups in a store: stored bytes, backup time and restore time against full backups.
 
 Run: ``python benchmarks/incremental.py [--map-mb 100] [--bytes-mb 256] [--quick]
-[--s3] [--s3-mbps MBPS ...] [--s3-rtt-ms 0] [--only-s3]``.
+[--s3] [--s3-mbps MBPS ...] [--s3-rtt-ms 0] [--s3-connect-rtt-ms 0] [--probe-mb 50] [--only-s3]``.
 
 * A map section of ``--map-mb`` MB of msgpack (zstd), 1% of its keys changed
   at random between backups, with and without encryption: bytes the store
@@ -11,8 +11,8 @@ Run: ``python benchmarks/incremental.py [--map-mb 100] [--bytes-mb 256] [--quick
 * A bytes section of ``--bytes-mb`` MB with one 1 MB region rewritten: bytes
   the store gains.
 
-S3 (both need moto; every process gets dummy AWS credentials, all traffic
-stays on 127.0.0.1):
+S3 (both need moto; every process gets dummy AWS credentials, region
+us-east-1 and no instance metadata; all traffic stays on 127.0.0.1):
 
 * ``--s3``: the plain map case on s3:// against a local moto server, as it
   is (writes cost next to nothing there).
@@ -20,20 +20,25 @@ stays on 127.0.0.1):
   bandwidth-limited proxy in front of the moto server
   (``benchmarks/throttle_proxy.py``, its own process), once per bandwidth:
   MB/s (10^6 bytes) each way, shared by all connections, like one client's
-  link to a remote bucket. ``--s3-rtt-ms 20`` adds a round trip per
-  connection and per request. Each bandwidth is first checked by putting and
-  getting one ``--probe-mb`` (50) MB object. Besides the ratios, these cases
-  report ``export_s`` (the plugin's export alone, with its typed check: a
-  full backup costs about that plus its upload, while an incremental backup
+  link to a remote bucket. ``--s3-rtt-ms 20`` adds a round trip to each
+  request (default 0). ``--s3-connect-rtt-ms`` (default 0) adds to each new
+  connection: moto closes every connection after one response, so each
+  request comes on a new one, while a client keeps its connections to a real
+  bucket alive. Each bandwidth is first checked by putting and getting one
+  ``--probe-mb`` (50) MB object through the proxy and straight to moto (the
+  difference is what the proxy adds). Besides the ratios, these cases report
+  ``export_s`` (the plugin's export alone, with its typed check: a full
+  backup costs about that plus its upload, while an incremental backup
   leaves the typed check to the store, which checks only the changed
-  entries) and ``target_holds_to_mbps``, the bandwidth at or
-  below which the "incremental backup <= 0.4 x full" target holds, from the
-  row's own times (what each backup spends besides moving its bytes is taken
-  as fixed).
+  entries) and ``target_holds_to_mbps``, the bandwidth at or below which the
+  "incremental backup <= 0.4 x full" target holds, from the row's own times
+  (what each backup spends besides moving its bytes is taken as fixed); a
+  summary table ends the run.
 * ``--only-s3``: skip the file:// cases.
 
-Full and incremental backups alternate step by step, so machine load drifts
-hit both alike. Prints a table and writes JSON with ``--json``.
+Full and incremental backups, and the export alone, alternate step by step,
+so machine load drifts hit them alike. Prints a table and writes JSON with
+``--json``.
 """
 
 from __future__ import annotations
@@ -136,8 +141,7 @@ async def map_case(
         order = [(inc, inc_times), (None, exports), (full, full_times)]  # None: the export alone, between them
         for store, times in order if step % 2 else reversed(order):
             if store is None:
-                _, seconds = await timed(plugin.export_for(st.StateCreationReason.BACKUP))
-                times.append(seconds)
+                times.append((await timed(plugin.export_for(st.StateCreationReason.BACKUP)))[1])  # dropped at once
                 continue
             info, seconds = await timed(st.backup(plugin, store))
             times.append(seconds)
@@ -276,7 +280,9 @@ def summary(results: list[dict[str, Any]], target: float = 0.4) -> None:
     rows = [r for r in results if "s3_mbps" in r]
     if not rows:
         return
-    print(f"\ns3 through the proxy (rtt {rows[0]['s3_rtt_ms']:g} ms), medians:")
+    r0 = rows[0]
+    rtt = f"rtt {r0['s3_rtt_ms']:g} ms, {r0['s3_connect_rtt_ms']:g} ms more per connection"
+    print(f"\ns3 through the proxy ({rtt}), medians:")
     print(f"  {'MB/s':>5} {'case':9} {'export':>7} {'full bk':>8} {'incr bk':>8} {'ratio':>6} "
           f"{'full rst':>8} {'chain rst':>9} {'ratio':>6} {'stored':>7}  proxy put/get MB/s")  # fmt: skip
     for r in rows:
@@ -304,6 +310,8 @@ async def main() -> None:
     parser.add_argument("--s3-mbps", type=float, nargs="+", default=[],
                         help="also the map cases on s3:// through a proxy limited to these MB/s each way")  # fmt: skip
     parser.add_argument("--s3-rtt-ms", type=float, default=0.0, help="round trip the proxy adds, ms (default 0)")
+    parser.add_argument("--s3-connect-rtt-ms", type=float, default=0.0,
+                        help="what the proxy adds to a new connection, ms (default 0: see the docstring)")  # fmt: skip
     parser.add_argument("--probe-mb", type=int, default=50, help="MB put and got to check each proxy's rate")
     parser.add_argument("--bytes-backups", type=int, default=2, help="backups in the bytes case")
     only = parser.add_mutually_exclusive_group()
@@ -332,13 +340,13 @@ async def main() -> None:
                     show(results[-1:])
                 for mbps in args.s3_mbps:
                     direct = await probe(endpoint, args.probe_mb)  # just before: the machine's load drifts
-                    with throttled(endpoint, mbps, args.s3_rtt_ms) as proxied:
+                    with throttled(endpoint, mbps, args.s3_rtt_ms, args.s3_connect_rtt_ms) as proxied:
                         check = await check_proxy(proxied, direct, mbps, args.probe_mb)
                         for sealed in (False, True):
                             r = await map_case(
                                 Path(tmp), args.map_mb, sealed, rounds, proxied, mbps=mbps, rtt_ms=args.s3_rtt_ms
                             )
-                            results.append(r | check)
+                            results.append(r | check | {"s3_connect_rtt_ms": args.s3_connect_rtt_ms})
                             show(results[-1:])
             summary(results)
     if args.json:

@@ -1,19 +1,22 @@
 """A TCP proxy on 127.0.0.1 that limits bandwidth and adds latency: a local S3 server made to look remote.
 
-Run: ``python benchmarks/throttle_proxy.py --target http://127.0.0.1:PORT --mbps 50 [--rtt-ms 20]``;
-it prints its own endpoint (``http://127.0.0.1:PORT``) on one line, then forwards every byte unchanged
-until its stdin closes. :func:`throttled` runs it so from a benchmark.
+Run: ``python benchmarks/throttle_proxy.py --target http://127.0.0.1:PORT --mbps 50 [--rtt-ms 20]
+[--connect-rtt-ms 20]``; it prints its own endpoint (``http://127.0.0.1:PORT``) on one line, then
+forwards every byte unchanged until its stdin closes. :func:`throttled` runs it so from a benchmark.
 
 * **Bandwidth:** one token bucket per direction, shared by all connections:
   ``--up-mbps`` caps what clients send (uploads, S3 PUTs), ``--down-mbps``
   what they receive (downloads, GETs); ``--mbps`` sets both. 1 MB = 10^6
   bytes. The bucket lets at most 10 ms of traffic (at least 64 KiB) through
   at once, so a transfer of a second is within a percent or two of the rate.
-* **Latency:** ``--rtt-ms`` adds a round trip of delay per connection (its
-  handshake: the first bytes to the server leave one RTT after the accept)
-  and delays each direction by half of it, so each request/response
-  exchange costs one RTT more. In-flight data is not limited by the delay
-  (no TCP window is simulated), only queued.
+* **Latency:** ``--rtt-ms`` delays each direction by half a round trip,
+  so each request/response exchange costs one RTT more; ``--connect-rtt-ms``
+  (default: ``--rtt-ms``) holds the first bytes to the server that long
+  after the accept, the handshake of a new connection. In-flight data is not
+  limited by the delay (no TCP window is simulated), only queued. A server
+  that closes every connection after one response (moto's werkzeug server
+  sends ``Connection: close``) makes each request a new connection: with
+  ``--connect-rtt-ms 0`` it costs one RTT, as on a kept-alive connection.
 * A connection closed or reset by either side is closed on the other (a
   half-close is passed on as one); :attr:`Proxy.open` counts live connections,
   and :meth:`Proxy.aclose` closes them all.
@@ -56,10 +59,23 @@ class Bucket:
 
 
 class Proxy:
-    """Forwards connections to ``host:port`` through one :class:`Bucket` per direction, ``rtt`` seconds of delay."""
+    """Forwards connections to ``host:port`` through one :class:`Bucket` per direction, ``rtt`` seconds of delay.
 
-    def __init__(self, host: str, port: int, up_mbps: float | None, down_mbps: float | None, rtt: float = 0.0):
+    ``connect_rtt`` (default ``rtt``): seconds after the accept before the first bytes reach the server.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        up_mbps: float | None,
+        down_mbps: float | None,
+        rtt: float = 0.0,
+        *,
+        connect_rtt: float | None = None,
+    ) -> None:
         self.host, self.port, self.rtt = host, port, rtt
+        self.connect_rtt = rtt if connect_rtt is None else connect_rtt
         self.up, self.down = Bucket(up_mbps), Bucket(down_mbps)
         self.server: asyncio.Server | None = None
         self.endpoint = ""  # http://127.0.0.1:PORT once listening
@@ -96,7 +112,7 @@ class Proxy:
         try:
             server_r, server_w = await asyncio.open_connection(self.host, self.port)
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._pump(client_r, server_w, self.up, "up", accepted + self.rtt))
+                tg.create_task(self._pump(client_r, server_w, self.up, "up", accepted + self.connect_rtt))
                 tg.create_task(self._pump(server_r, client_w, self.down, "down", 0.0))
         except* (OSError, EOFError):
             pass  # a reset or refused connection: both sides are closed below
@@ -140,21 +156,30 @@ class Proxy:
 
 
 async def start(
-    target: str, up_mbps: float | None, down_mbps: float | None, rtt_ms: float = 0.0, port: int = 0
+    target: str,
+    up_mbps: float | None,
+    down_mbps: float | None,
+    rtt_ms: float = 0.0,
+    port: int = 0,
+    *,
+    connect_rtt_ms: float | None = None,
 ) -> Proxy:
     """A proxy on 127.0.0.1 in front of ``target`` (``http://host:port``), serving on this event loop."""
     parts = urlsplit(target)
     if parts.hostname is None or parts.port is None:
         raise ValueError(f"target {target!r} needs a host and a port")
-    proxy = Proxy(parts.hostname, parts.port, up_mbps, down_mbps, rtt_ms / 1000)
+    connect = None if connect_rtt_ms is None else connect_rtt_ms / 1000
+    proxy = Proxy(parts.hostname, parts.port, up_mbps, down_mbps, rtt_ms / 1000, connect_rtt=connect)
     await proxy.listen(port)
     return proxy
 
 
 @contextlib.contextmanager
-def throttled(target: str, mbps: float, rtt_ms: float = 0.0) -> Iterator[str]:
+def throttled(target: str, mbps: float, rtt_ms: float = 0.0, connect_rtt_ms: float | None = None) -> Iterator[str]:
     """The proxy in a child process in front of ``target``, ``mbps`` each way; yields its endpoint."""
     cmd = [sys.executable, __file__, "--target", target, "--mbps", str(mbps), "--rtt-ms", str(rtt_ms)]
+    if connect_rtt_ms is not None:
+        cmd += ["--connect-rtt-ms", str(connect_rtt_ms)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     assert proc.stdout is not None and proc.stdin is not None
     try:
@@ -175,7 +200,7 @@ def throttled(target: str, mbps: float, rtt_ms: float = 0.0) -> Iterator[str]:
 async def serve(args: argparse.Namespace) -> None:
     up = args.up_mbps if args.up_mbps is not None else args.mbps
     down = args.down_mbps if args.down_mbps is not None else args.mbps
-    proxy = await start(args.target, up, down, args.rtt_ms, args.port)
+    proxy = await start(args.target, up, down, args.rtt_ms, args.port, connect_rtt_ms=args.connect_rtt_ms)
     print(proxy.endpoint, flush=True)
     await asyncio.to_thread(sys.stdin.read)  # until the parent closes our stdin (or exits)
     await proxy.aclose()
@@ -191,6 +216,9 @@ def main() -> None:
     parser.add_argument("--up-mbps", type=float, default=None, help="MB/s to the server (default: --mbps)")
     parser.add_argument("--down-mbps", type=float, default=None, help="MB/s from the server (default: --mbps)")
     parser.add_argument("--rtt-ms", type=float, default=0.0, help="added round-trip time, ms")
+    parser.add_argument(
+        "--connect-rtt-ms", type=float, default=None, help="added to a new connection (default: --rtt-ms)"
+    )
     parser.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one)")
     parser.add_argument("--verbose", action="store_true", help="connections and bytes forwarded, at the end")
     asyncio.run(serve(parser.parse_args()))

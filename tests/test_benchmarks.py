@@ -151,6 +151,25 @@ async def test_throttle_proxy_limits_bandwidth_each_way():
         await server.wait_closed()
 
 
+async def test_throttle_proxy_adds_its_round_trips():
+    """One exchange costs the RTT, plus the connect RTT on a new connection (at least; no upper bound)."""
+    tp = load_proxy()
+    server = await asyncio.start_server(sink, "127.0.0.1", 0)
+    target = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    took = {}
+    for connect in (None, 0):
+        proxy = await tp.start(target, None, None, 60, connect_rtt_ms=connect)
+        try:
+            started = time.perf_counter()
+            assert await exchange(proxy.endpoint, 10, 10) == 10
+            took[connect] = time.perf_counter() - started
+        finally:
+            await proxy.aclose()
+    server.close()
+    await server.wait_closed()
+    assert took[None] > 0.115 and took[0] > 0.055, took
+
+
 async def test_throttle_proxy_passes_closes_on_and_closes_on_aclose():
     """A client that hangs up mid-upload, a server that does, a target that is down, aclose() with live connections."""
     tp = load_proxy()

@@ -96,10 +96,7 @@ class SQLiteStore(SnapshotStore):
         uri = f"file:{quote(str(self.path.resolve()))}" + ("?mode=ro" if self.read_only else "")
         db = sqlite3.connect(uri, uri=True, timeout=60, check_same_thread=False, isolation_level=None)
         try:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables and not {"blobs", "manifests"} <= tables:
-                msg = f"{str(self.path)!r} is a SQLite database but not a statetransfer store: refusing to use it"
-                raise StoreError(msg)
+            tables = self._store_tables(db)
             if not self.read_only:
                 if not tables:
                     db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect before WAL and tables
@@ -113,15 +110,20 @@ class SQLiteStore(SnapshotStore):
             raise
         return db
 
+    def _store_tables(self, db: sqlite3.Connection) -> set[str]:
+        """The database's tables; raises StoreError when it has some but is not a statetransfer store."""
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not {"blobs", "manifests"} <= tables:
+            msg = f"{str(self.path)!r} is a SQLite database but not a statetransfer store: refusing to use it"
+            raise StoreError(msg)
+        return tables
+
     def _create_schema(self, db: sqlite3.Connection) -> None:
         """Make the store's tables in one transaction: a process opening the same new file at the same moment
         sees no table or all of them, never a part (which it would refuse as a foreign database)."""
         db.execute("BEGIN IMMEDIATE")
         try:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables and not {"blobs", "manifests"} <= tables:
-                msg = f"{str(self.path)!r} is a SQLite database but not a statetransfer store: refusing to use it"
-                raise StoreError(msg)
+            self._store_tables(db)  # another opener may have made it meanwhile: refused if it is foreign
             for statement in filter(None, map(str.strip, _SCHEMA.split(";"))):
                 db.execute(statement)
             db.execute("COMMIT")
